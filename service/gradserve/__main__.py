@@ -1,0 +1,5 @@
+"""`python -m gradserve ...` is `gradserve ...`."""
+
+from gradserve.cli import main
+
+main()

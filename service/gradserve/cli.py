@@ -1,0 +1,159 @@
+"""`gradserve serve`: settings -> runtime -> HTTP app + gRPC server on one event loop.
+
+On SIGINT/SIGTERM readiness turns 503 / NOT_SERVING at once, new work is refused,
+queued and running work completes (up to the drain timeout), then both servers stop.
+The flags are derived from the Settings fields, so each setting has a flag and an
+environment variable and neither list can drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import types
+from collections.abc import Sequence
+from typing import Any, get_args
+
+import uvicorn
+
+from gradserve import __version__
+from gradserve.config import Settings
+
+log = logging.getLogger("gradserve")
+
+
+def _flag_type(annotation: Any) -> tuple[Any, Sequence[str] | None]:
+    choices = get_args(annotation)
+    if choices and all(isinstance(c, str) for c in choices):
+        return str, choices
+    if annotation is bool:
+        return lambda v: v.lower() in ("1", "true", "yes", "on"), None
+    return annotation, None
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    for name, field in Settings.model_fields.items():
+        kind, choices = _flag_type(field.annotation)
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=kind,
+            choices=choices,
+            default=None,
+            metavar=None if choices else name.upper(),
+            help=f"{field.description} [env GRADSERVE_{name.upper()}; default {field.default!r}]",
+        )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    return Settings(**given)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradserve", description="gradserve: losses, activations and inits")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="Run the HTTP and gRPC servers.")
+    add_settings_flags(serve)
+    bench = sub.add_parser("bench", help="Run the benchmark and print a table (see bench/).")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, with our drain taking over its signal handling."""
+
+    def __init__(self, config: uvicorn.Config, on_signal: Any) -> None:
+        super().__init__(config)
+        self._on_signal = on_signal
+
+    def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+        self._on_signal(sig)
+
+
+async def serve(settings: Settings) -> None:
+    from gradserve.rest.app import create_app
+    from gradserve.runtime import Runtime
+
+    runtime = Runtime(settings)
+    app = create_app(runtime)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        log_level=settings.log_level,
+        loop="none",  # we run uvicorn on our own loop, shared with gRPC
+        http="httptools",
+        lifespan="on",
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        access_log=False,
+    )
+    stopping = asyncio.Event()
+    server = _Server(config, lambda sig: stopping.set())
+    grpc_server = None
+    if settings.grpc_enabled and settings.grpc_port:
+        try:
+            from gradserve.grpc.server import GrpcServer
+        except ImportError:  # pragma: no cover - gRPC transport not built yet
+            log.warning("gRPC transport unavailable")
+        else:
+            grpc_server = GrpcServer(runtime)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+
+    await runtime.start()
+    if grpc_server is not None:
+        await grpc_server.start()
+    http_task = asyncio.create_task(server.serve(), name="http")
+    stop_task = asyncio.create_task(stopping.wait(), name="signal")
+    done, _ = await asyncio.wait({http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    if http_task in done:  # uvicorn failed to start (port taken...)
+        stop_task.cancel()
+        await runtime.drain()
+        if grpc_server is not None:
+            await grpc_server.stop(0)
+        runtime.close()
+        http_task.result()
+        raise SystemExit(1)
+    log.info("signal received: draining (up to %.1f s)", settings.drain_timeout_s)
+    if grpc_server is not None:
+        grpc_server.set_not_serving()
+    await runtime.drain()
+    server.should_exit = True
+    if grpc_server is not None:
+        await grpc_server.stop(1.0)
+    await http_task
+    runtime.close()
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        from gradserve.bench import main as bench_main
+
+        bench_main(args.rest)
+        return
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop
+
+        run: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux
+        run = asyncio.run
+    try:
+        run(serve(settings))
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

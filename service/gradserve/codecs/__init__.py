@@ -1,0 +1,1 @@
+"""Codecs: wire formats <-> torch tensors. Transports call these; nothing here computes."""

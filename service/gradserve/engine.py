@@ -1,0 +1,159 @@
+"""The engine: the one entry point every transport calls.
+
+Flow position: transport -> codec -> **engine** -> validation -> scheduler (batcher)
+-> executor. A transport hands over decoded tensors and raw params; the engine looks
+up the op, validates, resolves the wanted outputs and submits the request to the
+scheduler. Transports never import kernels, the batcher or the executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from gradserve.config import Settings
+from gradserve.errors import GradservError, Unavailable
+from gradserve.ops.registry import Family, OpSpec, Registry
+
+if TYPE_CHECKING:
+    from gradserve.metrics import Metrics
+from gradserve.validation import resolve_outputs, validate_params, validate_tensors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OpRequest:
+    """One validated request, as the scheduler and executor see it."""
+
+    spec: OpSpec
+    tensors: dict[str, torch.Tensor]
+    params: dict[str, Any]
+    want: tuple[str, ...]
+    transport: str = "rest"
+    # Monotonic times, set by the engine on arrival.
+    arrived_s: float = field(default_factory=time.monotonic)
+    deadline_s: float | None = None
+
+
+class Runner(Protocol):
+    """What runs kernels (the executor)."""
+
+    async def run(
+        self,
+        spec: OpSpec,
+        tensors: Sequence[Mapping[str, torch.Tensor]],
+        params: Mapping[str, Any],
+        want: frozenset[str],
+    ) -> list[dict[str, torch.Tensor]]: ...
+
+
+class Scheduler(Protocol):
+    """What the engine needs from the batcher (batching.py)."""
+
+    async def submit(self, request: OpRequest) -> dict[str, torch.Tensor]: ...
+
+    async def start(self) -> None: ...
+
+    async def drain(self, timeout_s: float) -> None: ...
+
+
+class Engine:
+    """Validates and submits requests; tracks readiness and draining."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        scheduler: Scheduler,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.ready = False
+        self.draining = False
+
+    def prepare(
+        self,
+        op: str,
+        tensors: Mapping[str, torch.Tensor],
+        params: Mapping[str, Any],
+        *,
+        outputs: Sequence[str] | None = None,
+        grad: bool = False,
+        family: Family | None = None,
+        transport: str = "rest",
+        lenient: bool = False,
+        timeout_s: float | None = None,
+    ) -> OpRequest:
+        """Look up and validate; raises the 4xx errors of API.md section 4.
+
+        ``lenient`` (V2 and gRPC) accepts numbers spelled as strings and ignores unknown
+        params, as the Open Inference Protocol asks; the native API refuses both.
+        """
+        spec = self.registry.get(op, family)
+        limit = self.settings.max_tensor_elements
+        checked_params = validate_params(
+            spec, params, lenient=lenient, ignore_unknown=lenient, max_elements=limit
+        )
+        checked = validate_tensors(spec, tensors, max_elements=limit)
+        if spec.check is not None:
+            spec.check(checked, checked_params)
+        want = resolve_outputs(spec, checked, outputs, grad)
+        now = time.monotonic()
+        timeout = self.settings.request_timeout_s if timeout_s is None else timeout_s
+        return OpRequest(spec, checked, checked_params, want, transport, now, now + timeout)
+
+    async def submit(self, request: OpRequest) -> dict[str, torch.Tensor]:
+        if self.draining:
+            raise Unavailable("server is draining; retry on another replica")
+        if not self.ready:
+            raise Unavailable("server is warming up; retry shortly")
+        outputs = await self.scheduler.submit(request)
+        return {name: outputs[name] for name in request.want}
+
+    async def infer(
+        self,
+        op: str,
+        tensors: Mapping[str, torch.Tensor],
+        params: Mapping[str, Any],
+        *,
+        transport: str = "rest",
+        **kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        """prepare + submit: the whole path for one request, counted in the metrics."""
+        started = time.monotonic()
+        outcome = "success"
+        try:
+            return await self.submit(self.prepare(op, tensors, params, transport=transport, **kwargs))
+        except GradservError as exc:
+            outcome = exc.kind.code
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            # Only known op names become label values: garbage names must not grow
+            # the metric's cardinality.
+            if self.metrics is not None and op in self.registry:
+                self.metrics.answered(op, transport, outcome, time.monotonic() - started)
+
+    async def warm_up(self, runner: Runner) -> None:
+        """Run every op once (with and without gradients) on the device, then turn ready."""
+        from gradserve.warmup import EXAMPLES
+
+        for spec in self.registry:
+            tensors, params = EXAMPLES[spec.name]()
+            for grad in (False, True):
+                req = self.prepare(spec.name, tensors, params, grad=grad)
+                await runner.run(spec, [req.tensors], req.params, frozenset(req.want))
+        self.ready = True
+        log.info("warmed %d ops; ready", len(self.registry))

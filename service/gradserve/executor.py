@@ -1,0 +1,106 @@
+"""The executor: owns the compute device and runs kernels off the event loop.
+
+Flow position: batcher -> executor -> ``assemble`` -> ``OpSpec.run`` -> ``disassemble``.
+One worker thread per device: torch releases the GIL inside kernels, so the event loop
+keeps serving I/O while a batch computes, and a single thread keeps kernel launches on
+a device ordered. On CUDA a batch is assembled in pinned host memory, copied with one
+non-blocking transfer, and its results come back with one synchronization.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from gradserve.config import Settings
+from gradserve.errors import DeviceOutOfMemory, GradservError, InternalError
+from gradserve.ops.layout import assemble, disassemble
+from gradserve.ops.registry import OpSpec
+
+log = logging.getLogger(__name__)
+
+DEVICE_PARAM = "__device__"  # injected into init ops' params: where to draw weights
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda when a GPU is visible; an explicit cuda without one fails
+    at start-up rather than on the first request."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+class Executor:
+    """Runs one (possibly batched) kernel call at a time per device."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.device = resolve_device(settings.device)
+        torch.set_num_threads(settings.torch_threads)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gradserve-{self.device}")
+
+    async def run(
+        self,
+        spec: OpSpec,
+        tensors: Sequence[Mapping[str, torch.Tensor]],
+        params: Mapping[str, Any],
+        want: frozenset[str],
+    ) -> list[dict[str, torch.Tensor]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.run_sync, spec, tensors, params, want)
+
+    def run_sync(
+        self,
+        spec: OpSpec,
+        tensors: Sequence[Mapping[str, torch.Tensor]],
+        params: Mapping[str, Any],
+        want: frozenset[str],
+    ) -> list[dict[str, torch.Tensor]]:
+        try:
+            return self._run(spec, tensors, params, want)
+        except GradservError:
+            raise
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            raise DeviceOutOfMemory(
+                f"op {spec.name!r}: the device ran out of memory for this batch; retry with smaller tensors"
+            ) from None
+        except Exception:
+            log.exception("kernel %s failed", spec.name)
+            raise InternalError(f"op {spec.name!r}: internal error while computing") from None
+
+    def _run(
+        self,
+        spec: OpSpec,
+        tensors: Sequence[Mapping[str, torch.Tensor]],
+        params: Mapping[str, Any],
+        want: frozenset[str],
+    ) -> list[dict[str, torch.Tensor]]:
+        if spec.family == "init":
+            params = {**params, DEVICE_PARAM: str(self.device)}
+        batch = assemble(spec, tensors, params, want)
+        if self.device.type == "cuda":
+            batch.tensors = {
+                k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.tensors.items()
+            }
+        outputs = disassemble(spec, spec.run(batch), tensors)
+        if self.device.type == "cuda":
+            outputs = [{k: v.to("cpu", non_blocking=True) for k, v in o.items()} for o in outputs]
+            torch.cuda.current_stream(self.device).synchronize()
+        for out in outputs:
+            missing = want - out.keys()
+            if missing:
+                raise InternalError(f"op {spec.name!r}: kernel did not produce {sorted(missing)}")
+        return outputs
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,86 @@
+"""The FastAPI application: routers for /v1, /v2, health and /metrics over one runtime.
+
+``create_app(runtime)`` serves a runtime the caller owns (``gradserve serve`` shares it
+with gRPC); ``create_app(settings=...)`` builds and owns one, for tests and simple use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from gradserve import __version__
+from gradserve.config import Settings
+from gradserve.rest import errors, native
+from gradserve.runtime import Runtime
+
+
+def create_app(runtime: Runtime | None = None, *, settings: Settings | None = None) -> FastAPI:
+    owned = runtime is None
+    rt = runtime if runtime is not None else Runtime(settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if owned:
+            await rt.start()
+        yield
+        if owned:
+            await rt.drain()
+            rt.close()
+
+    app = FastAPI(
+        title="gradserve",
+        version=__version__,
+        description="Losses, activations, their gradients and weight initialization as a service.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    errors.install(app)
+    native_router = native.build_router(rt.engine, rt.registry)
+    app.include_router(native_router)
+    try:
+        from gradserve.rest import v2
+    except ImportError:  # pragma: no cover - the V2 router is optional while it is built
+        pass
+    else:
+        app.include_router(v2.build_router(rt.engine, rt.registry))
+
+    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    async def healthz() -> Response:
+        return Response(b'{"status":"alive"}', media_type="application/json")
+
+    @app.get("/readyz", tags=["health"], summary="200 once every op is warm; 503 while warming or draining")
+    async def readyz() -> Response:
+        if rt.engine.ready and not rt.engine.draining:
+            return Response(b'{"status":"ready"}', media_type="application/json")
+        state = b"draining" if rt.engine.draining else b"warming"
+        return Response(b'{"status":"' + state + b'"}', status_code=503, media_type="application/json")
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        rt.metrics.refresh_device(str(rt.executor.device))
+        return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    models = native_router.request_models  # type: ignore[attr-defined]
+    app.openapi = lambda: _openapi(app, models)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI, models: list[type[BaseModel]]) -> dict[str, Any]:
+    """The generated schema plus the per-op request models referenced by the routes."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in models:
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,149 @@
+"""Native REST transport under /v1: decode JSON -> engine -> encode JSON.
+
+One route per op, generated from the registry so /docs shows each op's request
+model; all routes of a family share one handler. An op posted under the wrong family
+(or an unknown op) falls through to the family's catch-all and answers 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gradserve.codecs.native import decode_tensor, dumps, encode_tensor
+from gradserve.engine import Engine
+from gradserve.errors import InvalidInput, MalformedRequest
+from gradserve.ops.registry import Family, OpSpec, Registry
+from gradserve.rest.body import read_body, until_disconnect
+from gradserve.rest.models import request_model
+
+FAMILIES: tuple[Family, ...] = ("activations", "losses", "init")
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest(f"body is not valid JSON: {exc}", code="malformed_json") from None
+    if not isinstance(value, dict):
+        raise MalformedRequest("body must be a JSON object", code="malformed_json")
+    return value
+
+
+def split_body(spec: OpSpec, body: dict[str, Any], max_elements: int) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """Body keys -> (tensors, params, grad). Unknown keys are refused, naming them."""
+    tensors: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    grad = False
+    for key, value in body.items():
+        if key in spec.input_index:
+            if value is not None:
+                tensors[key] = decode_tensor(key, value, spec.input_index[key].kind, max_elements)
+        elif key in spec.param_index:
+            params[key] = value
+        elif key == "grad" and spec.grad_outputs:
+            if not isinstance(value, bool):
+                raise InvalidInput(f"field 'grad': expected true or false, got {value!r}", code="bad_param")
+            grad = value
+        else:
+            known = [*spec.input_index, *spec.param_index, *(["grad"] if spec.grad_outputs else [])]
+            raise InvalidInput(
+                f"op {spec.name!r}: unknown field {key!r}; its fields are {', '.join(map(repr, known))}",
+                code="unknown_field",
+            )
+    return tensors, params, grad
+
+
+def build_router(engine: Engine, registry: Registry) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+    settings = engine.settings
+    # The per-op request models, added to the OpenAPI components by app.py.
+    models: list[type[BaseModel]] = []
+    router.request_models = models  # type: ignore[attr-defined]
+
+    @router.get("/ops", summary="The op catalog", tags=["catalog"])
+    async def ops() -> Response:
+        return Response(dumps(catalog(registry)), media_type="application/json")
+
+    def make_handler(family: Family) -> Any:
+        async def handle(request: Request) -> Response:
+            op = request.path_params.get("op") or request.url.path.rsplit("/", 1)[-1]
+            spec = registry.get(op, family)
+            body = parse_json_object(await read_body(request, settings.max_body_bytes))
+            tensors, params, grad = split_body(spec, body, settings.max_tensor_elements)
+            outputs = await until_disconnect(
+                request, engine.infer(op, tensors, params, grad=grad, family=family, transport="rest")
+            )
+            return Response(
+                dumps({name: encode_tensor(t) for name, t in outputs.items()}),
+                media_type="application/json",
+            )
+
+        return handle
+
+    for family in FAMILIES:
+        handler = make_handler(family)
+        for spec in registry:
+            if spec.family != family:
+                continue
+            model = request_model(spec)
+            models.append(model)
+            router.add_api_route(
+                f"/{family}/{spec.name}",
+                handler,
+                methods=["POST"],
+                summary=spec.name,
+                description=spec.doc,
+                tags=[family],
+                openapi_extra={
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+                        },
+                    },
+                },
+            )
+        router.add_api_route(f"/{family}/{{op}}", handler, methods=["POST"], include_in_schema=False)
+    return router
+
+
+def catalog(registry: Registry) -> dict[str, Any]:
+    """GET /v1/ops: every op with its family, kind, inputs, params and outputs."""
+    return {
+        "ops": [
+            {
+                "name": s.name,
+                "family": s.family,
+                "kind": s.kind,
+                "doc": s.doc,
+                "route": f"/v1/{s.family}/{s.name}",
+                "inputs": [
+                    {"name": t.name, "kind": t.kind, "optional": t.optional, "doc": t.doc} for t in s.inputs
+                ],
+                "params": [
+                    {
+                        "name": p.name,
+                        "type": p.type,
+                        "default": p.default,
+                        "choices": list(p.choices) if p.choices else None,
+                        "ge": p.ge,
+                        "gt": p.gt,
+                        "le": p.le,
+                        "nullable": p.nullable,
+                        "doc": p.doc,
+                    }
+                    for p in s.params
+                ],
+                "outputs": list(s.output_names),
+                "grad_outputs": list(s.grad_output_names),
+                "batching": s.batch_mode,
+            }
+            for s in registry
+        ]
+    }

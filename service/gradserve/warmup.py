@@ -1,0 +1,93 @@
+"""A tiny valid request per op: run once at start so /readyz means "warm", and reused
+by tests that walk every op."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+Example = tuple[dict[str, torch.Tensor], dict[str, Any]]
+
+
+def _x() -> torch.Tensor:
+    return torch.linspace(-2.0, 2.0, 12).reshape(3, 4)
+
+
+def _activation() -> Example:
+    return {"x": _x()}, {}
+
+
+def _pair() -> Example:
+    return {"input": _x(), "target": torch.linspace(-1.0, 1.0, 12).reshape(3, 4)}, {}
+
+
+def _probabilities() -> Example:
+    return {"input": torch.sigmoid(_x()), "target": torch.rand(3, 4).round()}, {}
+
+
+def _logits_binary() -> Example:
+    return {"input": _x(), "target": torch.rand(3, 4).round()}, {}
+
+
+def _classes() -> Example:
+    return {"input": _x(), "target": torch.tensor([0, 3, 1])}, {}
+
+
+def _log_probs() -> Example:
+    return {"input": torch.log_softmax(_x(), dim=1), "target": torch.tensor([0, 3, 1])}, {}
+
+
+def _kl() -> Example:
+    return {
+        "input": torch.log_softmax(_x(), dim=1),
+        "target": torch.softmax(_x().flip(1), dim=1),
+    }, {}
+
+
+def _maxout() -> Example:
+    return {"x": _x(), "weight": torch.ones(2, 5, 4) * 0.1, "bias": torch.zeros(2, 5)}, {}
+
+
+def _full_loss() -> Example:
+    return {
+        "x": _x(),
+        "weight": torch.ones(5, 4) * 0.1,
+        "bias": torch.zeros(5),
+        "target": torch.tensor([0, 4, 2]),
+    }, {"strength": 0.1}
+
+
+def _init() -> Example:
+    return {}, {"shape": [4, 3], "seed": 0}
+
+
+EXAMPLES: dict[str, Callable[[], Example]] = {
+    **{
+        name: _activation
+        for name in (
+            "sigmoid tanh relu leaky_relu prelu elu selu gelu silu softplus mish softmax log_softmax"
+        ).split()
+    },
+    "maxout": _maxout,
+    "l1": _pair,
+    "mse": _pair,
+    "huber": _pair,
+    "smooth_l1": _pair,
+    "bce_with_logits": _logits_binary,
+    "bce": _probabilities,
+    "cross_entropy": _classes,
+    "nll": _log_probs,
+    "kl_div": _kl,
+    "hinge": _classes,
+    "regularization": lambda: ({"weight": _x()}, {}),
+    "full_loss": _full_loss,
+    **{
+        name: _init
+        for name in (
+            "zeros constant normal uniform xavier_normal xavier_uniform kaiming_normal "
+            "kaiming_uniform orthogonal trunc_normal"
+        ).split()
+    },
+}
