@@ -66,7 +66,8 @@ def assemble(
         return Batch(tensors, params, want, rows)
 
     primary = spec.inputs[0].name
-    rows = tuple(r[primary].shape[0] for r in requests)
+    # A 0-d primary input never shares a batch (the batcher keeps it alone): one row.
+    rows = tuple(r[primary].shape[0] if r[primary].dim() else 1 for r in requests)
     for name in first:
         tspec = spec.input_index.get(name)
         if tspec is not None and not tspec.per_row:
