@@ -55,13 +55,23 @@ class ServerProcess:
         return int(self.proc.returncode)
 
 
-def start_server(tmp_path: Path, *extra_args: str, env: dict[str, str] | None = None, ready_timeout_s: float = 60.0) -> ServerProcess:
+def start_server(
+    tmp_path: Path, *extra_args: str, env: dict[str, str] | None = None, ready_timeout_s: float = 60.0
+) -> ServerProcess:
     """Start `python -m gradserve serve` on free ports and wait for /readyz."""
     http_port, grpc_port = free_port(), free_port()
     log_path = tmp_path / f"server-{http_port}.log"
     cmd = [
-        sys.executable, "-m", "gradserve", "serve",
-        "--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+        sys.executable,
+        "-m",
+        "gradserve",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
         *extra_args,
     ]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT / "service"), **(env or {})}

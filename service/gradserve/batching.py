@@ -56,7 +56,7 @@ class _Item:
 def _freeze(value: object) -> Hashable:
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
-    return value  # type: ignore[return-value]
+    return value
 
 
 class DynamicBatcher:

@@ -31,11 +31,11 @@ class Settings(BaseSettings):
     max_binary_body_bytes: int = Field(
         64 * MiB, gt=0, description="Largest HTTP body for V2 binary-extension requests."
     )
-    grpc_max_message_bytes: int = Field(
-        64 * MiB, gt=0, description="Largest gRPC message, received or sent."
-    )
+    grpc_max_message_bytes: int = Field(64 * MiB, gt=0, description="Largest gRPC message, received or sent.")
     max_tensor_elements: int = Field(
-        16 * MiB, gt=0, description="Largest element count of any one tensor (inputs and init shapes); 413 past it."
+        16 * MiB,
+        gt=0,
+        description="Largest element count of any one tensor (inputs and init shapes); 413 past it.",
     )
 
     device: str = Field("auto", description="Compute device: auto, cpu, cuda or cuda:N.")
@@ -49,10 +49,14 @@ class Settings(BaseSettings):
         262_144, ge=1, description="Most elements of the primary input in one batch."
     )
     large_request_elements: int = Field(
-        65_536, ge=1, description="A request with more elements than this runs alone (copying it costs more than batching saves)."
+        65_536,
+        ge=1,
+        description="A request with more elements than this runs alone (copying it costs more than batching saves).",
     )
     max_queue_delay_us: int = Field(
-        500, ge=0, description="Longest a batch waits for more requests after its first arrival (microseconds)."
+        500,
+        ge=0,
+        description="Longest a batch waits for more requests after its first arrival (microseconds).",
     )
     max_queue_size: int = Field(1024, ge=1, description="Most requests waiting; 429 past it.")
     max_batches_in_flight: int = Field(2, ge=1, description="Batches handed to the device at once.")

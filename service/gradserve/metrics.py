@@ -15,7 +15,22 @@ from gradserve.engine import OpRequest
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 VERSION = "1"
 # Microsecond buckets from 50 us to 10 s: small kernels sit at the low end.
-_US_BUCKETS = (50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 10_000_000)
+_US_BUCKETS = (
+    50,
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    1_000_000,
+    10_000_000,
+)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -39,7 +54,10 @@ class Metrics:
             registry=r,
         )
         self.count = Counter(
-            "nv_inference_count", "Requests computed (one per request in a batch).", ["model", "version"], registry=r
+            "nv_inference_count",
+            "Requests computed (one per request in a batch).",
+            ["model", "version"],
+            registry=r,
         )
         self.exec_count = Counter(
             "nv_inference_exec_count", "Kernel calls (one per batch).", ["model", "version"], registry=r
@@ -83,7 +101,10 @@ class Metrics:
             registry=r,
         )
         self.gpu_memory_used = Gauge(
-            "nv_gpu_memory_used_bytes", "Device memory allocated by torch (CUDA only).", ["gpu_uuid"], registry=r
+            "nv_gpu_memory_used_bytes",
+            "Device memory allocated by torch (CUDA only).",
+            ["gpu_uuid"],
+            registry=r,
         )
         self.gpu_memory_total = Gauge(
             "nv_gpu_memory_total_bytes", "Device memory in total (CUDA only).", ["gpu_uuid"], registry=r

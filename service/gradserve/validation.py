@@ -48,13 +48,12 @@ def _coerce_param(spec: ParamSpec, value: Any, lenient: bool, max_elements: int)
     number = _coerce_number(spec, value, lenient)
     if spec.type == "float" and spec.finite and not math.isfinite(number):
         raise InvalidInput(f"{name}: must be finite, got {number!r}", code="bad_param")
-    for bound, ok, words in (
-        (spec.ge, lambda b: number >= b, "at least"),
-        (spec.gt, lambda b: number > b, "greater than"),
-        (spec.le, lambda b: number <= b, "at most"),
-    ):
-        if bound is not None and not ok(bound):
-            raise InvalidInput(f"{name}: must be {words} {bound}, got {number!r}", code="bad_param")
+    if spec.ge is not None and not number >= spec.ge:
+        raise InvalidInput(f"{name}: must be at least {spec.ge}, got {number!r}", code="bad_param")
+    if spec.gt is not None and not number > spec.gt:
+        raise InvalidInput(f"{name}: must be greater than {spec.gt}, got {number!r}", code="bad_param")
+    if spec.le is not None and not number <= spec.le:
+        raise InvalidInput(f"{name}: must be at most {spec.le}, got {number!r}", code="bad_param")
     return number
 
 
@@ -72,7 +71,7 @@ def _coerce_number(spec: ParamSpec, value: Any, lenient: bool) -> float | int:
             if not value.is_integer():
                 raise InvalidInput(f"{name}: expected an integer, got {value!r}", code="bad_param")
             value = int(value)
-        return value
+        return int(value)
     return float(value)
 
 
@@ -85,7 +84,7 @@ def _coerce_shape(spec: ParamSpec, value: Any, max_elements: int) -> tuple[int, 
             value = [int(p) for p in parts]
         except ValueError:
             raise InvalidInput(
-                f"{name}: expected comma-separated integers such as \"500,500\", got {value!r}",
+                f'{name}: expected comma-separated integers such as "500,500", got {value!r}',
                 code="bad_shape",
             ) from None
     if not isinstance(value, (list, tuple)) or not all(
@@ -98,9 +97,7 @@ def _coerce_shape(spec: ParamSpec, value: Any, max_elements: int) -> tuple[int, 
         raise InvalidInput(f"{name}: at most 8 dimensions, got {len(value)}", code="bad_shape")
     count = math.prod(value)
     if count > max_elements:
-        raise RequestTooLarge(
-            f"{name}: {list(value)} has {count} elements, over the limit of {max_elements}"
-        )
+        raise RequestTooLarge(f"{name}: {list(value)} has {count} elements, over the limit of {max_elements}")
     return tuple(value)
 
 

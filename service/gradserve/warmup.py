@@ -66,9 +66,21 @@ def _init() -> Example:
 EXAMPLES: dict[str, Callable[[], Example]] = {
     **{
         name: _activation
-        for name in (
-            "sigmoid tanh relu leaky_relu prelu elu selu gelu silu softplus mish softmax log_softmax"
-        ).split()
+        for name in [
+            "sigmoid",
+            "tanh",
+            "relu",
+            "leaky_relu",
+            "prelu",
+            "elu",
+            "selu",
+            "gelu",
+            "silu",
+            "softplus",
+            "mish",
+            "softmax",
+            "log_softmax",
+        ]
     },
     "maxout": _maxout,
     "l1": _pair,
@@ -85,9 +97,17 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
     "full_loss": _full_loss,
     **{
         name: _init
-        for name in (
-            "zeros constant normal uniform xavier_normal xavier_uniform kaiming_normal "
-            "kaiming_uniform orthogonal trunc_normal"
-        ).split()
+        for name in [
+            "zeros",
+            "constant",
+            "normal",
+            "uniform",
+            "xavier_normal",
+            "xavier_uniform",
+            "kaiming_normal",
+            "kaiming_uniform",
+            "orthogonal",
+            "trunc_normal",
+        ]
     },
 }

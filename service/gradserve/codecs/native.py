@@ -42,9 +42,7 @@ def _check_elements(name: str, count: int, max_elements: int) -> None:
 
 
 def _parse_shape(name: str, shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in shape
-    ):
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise InvalidInput(f"input {name!r}: 'shape' must be a list of integers", code="bad_shape")
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input {name!r}: negative dimension in shape {shape}", code="bad_shape")
@@ -87,11 +85,8 @@ def _to_torch(name: str, array: np.ndarray, dtype: DType) -> torch.Tensor:
     if dtype.torch.is_floating_point:
         src = array.astype(np.float64, copy=False)
         return torch.from_numpy(np.ascontiguousarray(src)).to(dtype.torch)
-    if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            raise InvalidInput(
-                f"input {name!r}: dtype {dtype.name} needs integer values", code="bad_tensor"
-            )
+    if array.dtype.kind == "f" and (not np.all(np.isfinite(array)) or not np.all(array == np.round(array))):
+        raise InvalidInput(f"input {name!r}: dtype {dtype.name} needs integer values", code="bad_tensor")
     return torch.from_numpy(np.ascontiguousarray(array.astype(dtype.numpy))).clone()
 
 
@@ -136,9 +131,7 @@ def _decode_object(name: str, value: dict[str, Any], kind: TensorKind, max_eleme
             f"input {name!r}: data has {array.size} elements but shape {list(shape)} needs {count}",
             code="shape_mismatch",
         )
-    dtype = (
-        by_name(value["dtype"], f"input {name!r}") if "dtype" in value else default_dtype(kind, array)
-    )
+    dtype = by_name(value["dtype"], f"input {name!r}") if "dtype" in value else default_dtype(kind, array)
     return _to_torch(name, array, dtype).reshape(shape)
 
 

@@ -51,13 +51,13 @@ def assemble(
         if len(requests) != 1:
             raise ValueError(f"op {spec.name} is solo; got {len(requests)} requests")
         lead = first.get(spec.inputs[0].name) if spec.inputs else None
-        rows = lead.shape[0] if lead is not None and lead.dim() > 0 else 1
-        return Batch(dict(first), params, want, (rows,))
+        solo_rows = lead.shape[0] if lead is not None and lead.dim() > 0 else 1
+        return Batch(dict(first), params, want, (solo_rows,))
 
     tensors: dict[str, torch.Tensor] = {}
     if spec.batch_mode == "elementwise":
         primary = spec.inputs[0].name
-        rows = tuple(_pad_flat(r[primary]).numel() for r in requests)
+        rows: tuple[int, ...] = tuple(_pad_flat(r[primary]).numel() for r in requests)
         for name in first:
             if spec.input_index.get(name) is None or spec.input_index[name].per_row:
                 tensors[name] = torch.cat([_pad_flat(r[name]) for r in requests])

@@ -44,12 +44,9 @@ def create_app(runtime: Runtime | None = None, *, settings: Settings | None = No
     errors.install(app)
     native_router = native.build_router(rt.engine, rt.registry)
     app.include_router(native_router)
-    try:
-        from gradserve.rest import v2
-    except ImportError:  # pragma: no cover - the V2 router is optional while it is built
-        pass
-    else:
-        app.include_router(v2.build_router(rt.engine, rt.registry))
+    from gradserve.rest import v2
+
+    app.include_router(v2.build_router(rt.engine, rt.registry))
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")
     async def healthz() -> Response:

@@ -38,7 +38,7 @@ _PY_TYPES: dict[str, Any] = {"float": float, "int": int, "bool": bool, "str": st
 def _param_field(p: ParamSpec) -> tuple[Any, Any]:
     annotation: Any = _PY_TYPES[p.type]
     if p.choices is not None:
-        annotation = Literal[p.choices]  # type: ignore[valid-type]
+        annotation = Literal[p.choices]
     if p.nullable:
         annotation = annotation | None
     required = p.default is None and not p.nullable
@@ -70,10 +70,10 @@ def request_model(spec: OpSpec) -> type[BaseModel]:
             bool,
             Field(False, description="Also return " + ", ".join(spec.grad_output_names) + "."),
         )
-    model = create_model(  # type: ignore[call-overload]
+    model = create_model(
         _model_name(spec),
         __config__=ConfigDict(extra="forbid"),
         __doc__=spec.doc,
         **fields,
     )
-    return model  # type: ignore[no-any-return]
+    return model

@@ -35,7 +35,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def split_body(spec: OpSpec, body: dict[str, Any], max_elements: int) -> tuple[dict[str, Any], dict[str, Any], bool]:
+def split_body(
+    spec: OpSpec, body: dict[str, Any], max_elements: int
+) -> tuple[dict[str, Any], dict[str, Any], bool]:
     """Body keys -> (tensors, params, grad). Unknown keys are refused, naming them."""
     tensors: dict[str, Any] = {}
     params: dict[str, Any] = {}
