@@ -442,6 +442,8 @@ PRELU = OpSpec(
             "float",
             "Slopes: shape [], [1] or [C] with C = x.shape[1]; 0.25 (scalar) when absent.",
             optional=True,
+            per_row=False,
+            default=0.25,
         ),
         GRAD_Y,
     ),

@@ -5,7 +5,8 @@ lone request as for a batch of many, so a request takes the same numeric path wh
 shares its batch (API.md's batch-invariance rule).
 
 - ``rows`` ops: per-row tensors are concatenated along dim 0; 0-d per-row tensors (the
-  upstream gradient of a reduced loss) are stacked into a ``[len(rows)]`` vector.
+  upstream gradient of a reduced loss) are stacked into a ``[len(rows)]`` vector. A
+  lone request's tensors pass through unchanged.
 - ``elementwise`` ops: per-row tensors are flattened, each request padded with zeros
   to a multiple of ``ELEMENT_ALIGN`` elements, and concatenated. Padding matters:
   torch's vectorized CPU kernels compute the last ``n % vector_width`` elements with
@@ -68,14 +69,16 @@ def assemble(
     primary = spec.inputs[0].name
     # A 0-d primary input never shares a batch (the batcher keeps it alone): one row.
     rows = tuple(r[primary].shape[0] if r[primary].dim() else 1 for r in requests)
+    if len(requests) == 1:
+        # A lone request keeps its tensors as they are (a 0-d input stays 0-d, so its
+        # outputs keep their shapes); kernels accept a 0-d or [1] upstream gradient.
+        return Batch(dict(first), params, want, rows)
     for name in first:
         tspec = spec.input_index.get(name)
         if tspec is not None and not tspec.per_row:
             tensors[name] = first[name]
         elif first[name].dim() == 0:
             tensors[name] = torch.stack([r[name] for r in requests])
-        elif len(requests) == 1:
-            tensors[name] = first[name]
         else:
             tensors[name] = torch.cat([r[name] for r in requests])
     return Batch(tensors, params, want, rows)
