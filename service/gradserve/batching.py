@@ -49,8 +49,42 @@ class _Item:
     future: asyncio.Future[dict[str, torch.Tensor]]
     rows: int
     elements: int
+    bucket: _Bucket | None = None
     state: str = QUEUED
     enqueued_s: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class _Bucket:
+    """Queued requests that may share one kernel call, with their live totals (kept
+    up to date on arrival, take, cancel and expiry, so "is it full?" costs nothing)."""
+
+    solo: bool
+    items: deque[_Item] = field(default_factory=deque)
+    rows: int = 0
+    elements: int = 0
+
+    def add(self, item: _Item) -> None:
+        item.bucket = self
+        self.items.append(item)
+        self.rows += item.rows
+        self.elements += item.elements
+
+    def discount(self, item: _Item) -> None:
+        self.rows -= item.rows
+        self.elements -= item.elements
+
+    def head(self) -> _Item | None:
+        """The oldest request still queued (dropping cancelled and expired ones)."""
+        while self.items and self.items[0].state != QUEUED:
+            self.items.popleft()
+        return self.items[0] if self.items else None
+
+
+def _discard_answer(future: asyncio.Future[dict[str, torch.Tensor]]) -> None:
+    """Mark an answer nobody awaits as read, so asyncio does not log it as lost."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _freeze(value: object) -> Hashable:
@@ -66,7 +100,7 @@ class DynamicBatcher:
         self.settings = settings
         self.runner = runner
         self.metrics = metrics
-        self._buckets: OrderedDict[Hashable, deque[_Item]] = OrderedDict()
+        self._buckets: OrderedDict[Hashable, _Bucket] = OrderedDict()
         self._pending = 0
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(settings.max_batches_in_flight)
@@ -98,14 +132,15 @@ class DynamicBatcher:
                 await self._task
             self._task = None
         for bucket in self._buckets.values():
-            for item in bucket:
-                if not item.future.done():
+            for item in bucket.items:
+                if item.state == QUEUED and not item.future.done():
                     item.future.set_exception(Unavailable("server stopped before this request ran"))
         self._buckets.clear()
 
     # -- submission ---------------------------------------------------------------
 
-    def _key(self, request: OpRequest, elements: int) -> Hashable:
+    def _key(self, request: OpRequest, elements: int) -> tuple[Hashable, bool]:
+        """The bucket key, and whether the request must run alone."""
         spec = request.spec
         s = self.settings
         solo = (
@@ -116,7 +151,7 @@ class DynamicBatcher:
             or (spec.batchable is not None and not spec.batchable(request.tensors, request.params))
         )
         if solo:
-            return ("solo", next(self._solo_ids))
+            return ("solo", next(self._solo_ids)), True
         tensors = tuple(
             (
                 name,
@@ -127,7 +162,7 @@ class DynamicBatcher:
             for name, t in request.tensors.items()
         )
         params = tuple((k, _freeze(v)) for k, v in request.params.items())
-        return (spec.name, params, request.want, tensors)
+        return (spec.name, params, request.want, tensors), False
 
     async def submit(self, request: OpRequest) -> dict[str, torch.Tensor]:
         if self._closed:
@@ -147,8 +182,11 @@ class DynamicBatcher:
             else primary.shape[0]
         )
         item = _Item(request, asyncio.get_running_loop().create_future(), rows, elements)
-        key = self._key(request, elements)
-        self._buckets.setdefault(key, deque()).append(item)
+        key, solo = self._key(request, elements)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(solo)
+        bucket.add(item)
         self._pending += 1
         self._idle.clear()
         self._arrival.set()
@@ -165,6 +203,9 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             if item.state == QUEUED:
                 self._forget(item)
+            else:
+                # Its batch still answers it; nobody will read that answer now.
+                item.future.add_done_callback(_discard_answer)
             raise
 
     def _expired(self, request: OpRequest) -> DeadlineExceeded:
@@ -177,6 +218,8 @@ class DynamicBatcher:
     def _forget(self, item: _Item, error: GradservError | None = None) -> None:
         """Take a queued item out: it will never run."""
         item.state = DONE
+        if item.bucket is not None:
+            item.bucket.discount(item)
         self._pending -= 1
         if error is not None and not item.future.done():
             item.future.set_exception(error)
@@ -190,50 +233,45 @@ class DynamicBatcher:
 
     # -- dispatch -----------------------------------------------------------------
 
-    def _oldest_live(self) -> tuple[Hashable, deque[_Item]] | None:
-        """The bucket whose head is the oldest request still waiting."""
+    def _is_full(self, bucket: _Bucket) -> bool:
+        s = self.settings
+        return bucket.solo or bucket.rows >= s.max_batch_rows or bucket.elements >= s.max_batch_elements
+
+    def _next_ready(self, delay_s: float) -> tuple[Hashable, _Bucket] | float | None:
+        """The oldest bucket that may go now (solo, full, or its head has waited the
+        queue delay; anything while draining); else the seconds until the first one's
+        delay runs out, or None when nothing is queued.
+
+        Every bucket is looked at, not just the oldest: a bucket waiting for more
+        arrivals must not hold back a full one or a solo request behind it.
+        """
+        now = time.monotonic()
+        soonest: float | None = None
         for key in list(self._buckets):
             bucket = self._buckets[key]
-            while bucket and bucket[0].state != QUEUED:
-                bucket.popleft()
-            if not bucket:
+            head = bucket.head()
+            if head is None:
                 del self._buckets[key]
                 continue
-            return key, bucket
-        return None
-
-    def _is_full(self, key: Hashable, bucket: deque[_Item]) -> bool:
-        if isinstance(key, tuple) and key[0] == "solo":
-            return True
-        rows = elements = 0
-        for item in bucket:
-            if item.state != QUEUED:
-                continue
-            rows += item.rows
-            elements += item.elements
-            if rows >= self.settings.max_batch_rows or elements >= self.settings.max_batch_elements:
-                return True
-        return False
+            wait_s = head.enqueued_s + delay_s - now
+            if wait_s <= 0 or self._closed or self._is_full(bucket):
+                return key, bucket
+            soonest = wait_s if soonest is None else min(soonest, wait_s)
+        return soonest
 
     async def _dispatch_loop(self) -> None:
         delay_s = self.settings.max_queue_delay_us / 1e6
         while True:
-            found = self._oldest_live()
-            if found is None:
-                if self._closed and not self._in_flight:
-                    self._idle.set()
-                self._arrival.clear()
-                await self._arrival.wait()
-                continue
-            key, bucket = found
-            # Wait for more arrivals until the bucket is full or its oldest request
-            # has waited the queue delay; a wake-up re-checks both.
-            wait_s = bucket[0].enqueued_s + delay_s - time.monotonic()
-            if wait_s > 0 and not self._is_full(key, bucket) and not self._closed:
+            found = self._next_ready(delay_s)
+            if not isinstance(found, tuple):
+                # Nothing may go yet: sleep until an arrival (which may fill a bucket)
+                # or until the oldest waiting bucket's delay runs out.
+                self._check_idle()
                 self._arrival.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrival.wait(), wait_s)
+                    await asyncio.wait_for(self._arrival.wait(), found)
                 continue
+            key, bucket = found
             await self._slots.acquire()
             items = self._take(key, bucket)
             if not items:
@@ -243,18 +281,19 @@ class DynamicBatcher:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-    def _take(self, key: Hashable, bucket: deque[_Item]) -> list[_Item]:
+    def _take(self, key: Hashable, bucket: _Bucket) -> list[_Item]:
         items: list[_Item] = []
         rows = elements = 0
         now = time.monotonic()
-        while bucket:
-            item = bucket[0]
+        queue = bucket.items
+        while queue:
+            item = queue[0]
             if item.state != QUEUED:
-                bucket.popleft()
+                queue.popleft()
                 continue
             if item.request.deadline_s is not None and now >= item.request.deadline_s:
                 # Its own wait in submit() answers 504; just make sure it never runs.
-                bucket.popleft()
+                queue.popleft()
                 self._forget(item, self._expired(item.request))
                 continue
             if items and (
@@ -262,13 +301,14 @@ class DynamicBatcher:
                 or elements + item.elements > self.settings.max_batch_elements
             ):
                 break
-            bucket.popleft()
+            queue.popleft()
+            bucket.discount(item)
             item.state = RUNNING
             items.append(item)
             rows += item.rows
             elements += item.elements
-        if not bucket:
-            self._buckets.pop(key, None)
+        if not queue and self._buckets.get(key) is bucket:
+            del self._buckets[key]
         self._pending -= len(items)
         if self.metrics is not None:
             self.metrics.set_pending(self._pending)
@@ -281,6 +321,10 @@ class DynamicBatcher:
             outputs = await self.runner.run(
                 first.spec, [i.request.tensors for i in items], first.params, frozenset(first.want)
             )
+            if len(outputs) != len(items):
+                raise InternalError(
+                    f"op {first.spec.name!r}: {len(outputs)} answers for a batch of {len(items)}"
+                )
             error: GradservError | None = None
         except GradservError as exc:
             error = exc

@@ -61,7 +61,7 @@ async def test_every_op_answers_with_and_without_grad(app_client: httpx.AsyncCli
 async def test_cross_entropy_values_and_grad_match_torch(app_client: httpx.AsyncClient) -> None:
     scores = [[3.2, 5.1, -1.7], [1.3, 4.9, 2.0], [2.2, 2.5, -3.1]]
     body = {
-        "input": {"dtype": "float64", "shape": [3, 3], "data": sum(scores, [])},
+        "input": {"dtype": "float64", "shape": [3, 3], "data": [v for row in scores for v in row]},
         "target": [0, 1, 2],
         "grad": True,
     }

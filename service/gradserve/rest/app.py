@@ -44,9 +44,12 @@ def create_app(runtime: Runtime | None = None, *, settings: Settings | None = No
     errors.install(app)
     native_router = native.build_router(rt.engine, rt.registry)
     app.include_router(native_router)
-    from gradserve.rest import v2
-
-    app.include_router(v2.build_router(rt.engine, rt.registry))
+    try:  # TEMPORARY while the V2 router is being written; made strict once it lands
+        from gradserve.rest import v2
+    except ImportError:
+        pass
+    else:
+        app.include_router(v2.build_router(rt.engine, rt.registry))
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")
     async def healthz() -> Response:
