@@ -83,11 +83,11 @@ def _from_values(name: str, values: Any, kind: TensorKind) -> np.ndarray:
 
 def _to_torch(name: str, array: np.ndarray, dtype: DType) -> torch.Tensor:
     if dtype.torch.is_floating_point:
-        src = array.astype(np.float64, copy=False)
-        return torch.from_numpy(np.ascontiguousarray(src)).to(dtype.torch)
+        # Through float64 so JSON's doubles round once, to the target dtype.
+        return torch.as_tensor(array.astype(np.float64, order="C")).to(dtype.torch)
     if array.dtype.kind == "f" and (not np.all(np.isfinite(array)) or not np.all(array == np.round(array))):
         raise InvalidInput(f"input {name!r}: dtype {dtype.name} needs integer values", code="bad_tensor")
-    return torch.from_numpy(np.ascontiguousarray(array.astype(dtype.numpy))).clone()
+    return torch.as_tensor(array.astype(dtype.numpy, order="C"))
 
 
 def decode_tensor(name: str, value: Any, kind: TensorKind, max_elements: int) -> torch.Tensor:
