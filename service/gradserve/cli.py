@@ -59,8 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="Run the HTTP and gRPC servers.")
     add_settings_flags(serve)
-    bench = sub.add_parser("bench", help="Run the benchmark and print a table (see bench/).")
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("bench", help="Run the benchmark and print a table (`gradserve bench --help`).")
     return parser
 
 
@@ -133,12 +132,14 @@ async def serve(settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    if args.command == "bench":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # The bench has its own parser; hand it every argument, flags included.
         from gradserve.bench import main as bench_main
 
-        bench_main(args.rest)
+        bench_main(argv[1:])
         return
+    args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
