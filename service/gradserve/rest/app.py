@@ -12,7 +12,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel
 from starlette.responses import Response
 
 from gradserve import __version__
@@ -42,8 +41,7 @@ def create_app(runtime: Runtime | None = None, *, settings: Settings | None = No
     )
     app.state.runtime = rt
     errors.install(app)
-    native_router = native.build_router(rt.engine, rt.registry)
-    app.include_router(native_router)
+    app.include_router(native.build_router(rt.engine, rt.registry))
     try:  # TEMPORARY while the V2 router is being written; made strict once it lands
         from gradserve.rest import v2
     except ImportError:
@@ -67,16 +65,17 @@ def create_app(runtime: Runtime | None = None, *, settings: Settings | None = No
         rt.metrics.refresh_device(str(rt.executor.device))
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    models = native_router.request_models  # type: ignore[attr-defined]
-    app.openapi = lambda: _openapi(app, models)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, rt)  # type: ignore[method-assign]
     return app
 
 
-def _openapi(app: FastAPI, models: list[type[BaseModel]]) -> dict[str, Any]:
-    """The generated schema plus the per-op request models referenced by the routes."""
+def _openapi(app: FastAPI, rt: Runtime) -> dict[str, Any]:
+    """The generated schema plus a documented path and request model per op."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    paths, models = native.openapi_paths(rt.registry)
+    schema.setdefault("paths", {}).update(paths)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for model in models:
         model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -62,11 +62,10 @@ def split_body(
 
 
 def build_router(engine: Engine, registry: Registry) -> APIRouter:
+    """One route per op family. The per-op entries that /docs shows come from
+    ``openapi_paths``: per-op routes would make every request scan ~40 path regexes."""
     router = APIRouter(prefix="/v1")
     settings = engine.settings
-    # The per-op request models, added to the OpenAPI components by app.py.
-    models: list[type[BaseModel]] = []
-    router.request_models = models  # type: ignore[attr-defined]
 
     @router.get("/ops", summary="The op catalog", tags=["catalog"])
     async def ops() -> Response:
@@ -74,7 +73,7 @@ def build_router(engine: Engine, registry: Registry) -> APIRouter:
 
     def make_handler(family: Family) -> Any:
         async def handle(request: Request) -> Response:
-            op = request.path_params.get("op") or request.url.path.rsplit("/", 1)[-1]
+            op = request.path_params["op"]
             spec = registry.get(op, family)
             body = parse_json_object(await read_body(request, settings.max_body_bytes))
             tensors, params, grad = split_body(spec, body, settings.max_tensor_elements)
@@ -89,30 +88,44 @@ def build_router(engine: Engine, registry: Registry) -> APIRouter:
         return handle
 
     for family in FAMILIES:
-        handler = make_handler(family)
-        for spec in registry:
-            if spec.family != family:
-                continue
-            model = request_model(spec)
-            models.append(model)
-            router.add_api_route(
-                f"/{family}/{spec.name}",
-                handler,
-                methods=["POST"],
-                summary=spec.name,
-                description=spec.doc,
-                tags=[family],
-                openapi_extra={
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
-                        },
+        router.add_api_route(
+            f"/{family}/{{op}}", make_handler(family), methods=["POST"], include_in_schema=False
+        )
+    return router
+
+
+def openapi_paths(registry: Registry) -> tuple[dict[str, Any], list[type[BaseModel]]]:
+    """OpenAPI path items for every op (POST /v1/<family>/<op>) and their request models."""
+    paths: dict[str, Any] = {}
+    models: list[type[BaseModel]] = []
+    for spec in registry:
+        model = request_model(spec)
+        models.append(model)
+        outputs = ", ".join(spec.output_names)
+        grads = ", ".join(spec.grad_output_names)
+        paths[f"/v1/{spec.family}/{spec.name}"] = {
+            "post": {
+                "tags": [spec.family],
+                "summary": spec.name,
+                "description": spec.doc,
+                "operationId": f"{spec.family}_{spec.name}",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
                     },
                 },
-            )
-        router.add_api_route(f"/{family}/{{op}}", handler, methods=["POST"], include_in_schema=False)
-    return router
+                "responses": {
+                    "200": {
+                        "description": f"Outputs {outputs}"
+                        + (f"; with grad: {grads}" if grads else "")
+                        + ', each {"dtype", "shape", "data"}.'
+                    },
+                    "4XX": {"description": 'Error: {"error": {"code", "message"}} (API.md section 4).'},
+                },
+            }
+        }
+    return paths, models
 
 
 def catalog(registry: Registry) -> dict[str, Any]:
