@@ -75,6 +75,7 @@ class _Server(uvicorn.Server):
 
 
 async def serve(settings: Settings) -> None:
+    from gradserve.grpc.server import GrpcServer
     from gradserve.rest.app import create_app
     from gradserve.runtime import Runtime
 
@@ -93,14 +94,7 @@ async def serve(settings: Settings) -> None:
     )
     stopping = asyncio.Event()
     server = _Server(config, lambda sig: stopping.set())
-    grpc_server = None
-    if settings.grpc_enabled and settings.grpc_port:
-        try:
-            from gradserve.grpc.server import GrpcServer
-        except ImportError:  # pragma: no cover - gRPC transport not built yet
-            log.warning("gRPC transport unavailable")
-        else:
-            grpc_server = GrpcServer(runtime)
+    grpc_server = GrpcServer(runtime) if settings.grpc_enabled and settings.grpc_port else None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)

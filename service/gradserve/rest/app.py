@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from gradserve import __version__
 from gradserve.config import Settings
-from gradserve.rest import errors, native
+from gradserve.rest import errors, native, v2
 from gradserve.runtime import Runtime
 
 
@@ -42,12 +42,7 @@ def create_app(runtime: Runtime | None = None, *, settings: Settings | None = No
     app.state.runtime = rt
     errors.install(app)
     app.include_router(native.build_router(rt.engine, rt.registry))
-    try:  # TEMPORARY while the V2 router is being written; made strict once it lands
-        from gradserve.rest import v2
-    except ImportError:
-        pass
-    else:
-        app.include_router(v2.build_router(rt.engine, rt.registry))
+    app.include_router(v2.build_router(rt.engine, rt.registry))
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")
     async def healthz() -> Response:

@@ -1,0 +1,636 @@
+"""Open Inference Protocol (V2) codec: REST JSON + binary tensor data, and gRPC raw contents.
+
+Flow position: transport (rest/v2.py, grpc/servicer.py) -> **codecs/v2** -> engine.
+A V2 request decodes into a ``V2Request`` (op, tensors, params, requested outputs with
+their binary flags, id); ``engine_inputs`` turns it into what ``Engine.infer`` takes.
+Responses encode back from the engine's output tensors. The model metadata and the
+Triton model config of each op are built here too, once, for both transports.
+
+Binary tensors (the HTTP binary extension and gRPC ``raw_*_contents`` share one byte
+layout: little-endian, row-major, unpadded) are decoded with ``torch.frombuffer`` and a
+reshape, never through Python lists. Every size is checked against the shape and
+datatype before a byte is read, so a truncated body, a header length past the end or a
+``binary_data_size`` that does not match is a 400, never a read past the buffer.
+
+Status choices (API.md section 4): a request whose framing is wrong (bad JSON, sizes
+that disagree, a string that is no V2 datatype, data whose element count does not match
+its shape) is 400; a well-formed request that the op refuses (a V2 datatype gradserve
+does not take such as BOOL, a bad value, wrong shapes for the op) is 422.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+
+from gradserve import __version__
+from gradserve.codecs.dtypes import BY_V2, DType, of_tensor
+from gradserve.errors import InvalidInput, MalformedRequest, OpNotFound, RequestTooLarge
+from gradserve.grpc.generated import inference_pb2 as pb
+from gradserve.ops.registry import OpSpec, TensorSpec
+
+# The wire is little-endian; torch/numpy buffers are native-endian.
+assert sys.byteorder == "little", "gradserve's V2 codec assumes a little-endian host"
+
+SERVER_NAME = "gradserve"
+MODEL_VERSION = "1"
+PLATFORM = "gradserve"
+# Advertised in server metadata. Not "statistics": perf_analyzer would then poll a
+# statistics endpoint we do not serve (research notes section 3.3).
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "parameters")
+
+# Every V2 datatype with its element size (None: variable, BYTES). Lets us tell "not a
+# V2 datatype at all" (400, the framing is unreadable) from "a V2 datatype gradserve
+# does not take" (422, BOOL/UINT8/...), and size a binary section of either.
+V2_ITEMSIZE: dict[str, int | None] = {
+    "BOOL": 1,
+    "UINT8": 1,
+    "UINT16": 2,
+    "UINT32": 4,
+    "UINT64": 8,
+    "INT8": 1,
+    "INT16": 2,
+    "INT32": 4,
+    "INT64": 8,
+    "FP16": 2,
+    "BF16": 2,
+    "FP32": 4,
+    "FP64": 8,
+    "BYTES": None,
+}
+
+# Request parameters that belong to the protocol (Triton reserves them), never op params.
+_RESERVED_PARAMS = frozenset(
+    {"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers"}
+)
+# Input/output parameters of Triton extensions gradserve does not implement: refused
+# with a clear 400 rather than silently ignored (ignoring would read no data).
+_UNSUPPORTED_TENSOR_PARAMS = frozenset(
+    {"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset", "classification"}
+)
+_NONFINITE = {
+    "NaN": math.nan,
+    "Infinity": math.inf,
+    "-Infinity": -math.inf,
+    "inf": math.inf,
+    "-inf": -math.inf,
+}
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool  # REST only: answer this output in the binary section
+
+
+@dataclass
+class V2Request:
+    """One decoded V2 request, transport-neutral."""
+
+    tensors: dict[str, torch.Tensor]
+    params: dict[str, Any]
+    # None: the client named no outputs (the op's plain outputs are returned).
+    outputs: list[RequestedOutput] | None
+    binary_output: bool = False  # request-level binary_data_output
+    id: str | None = None
+    # From the `timeout` parameter (microseconds, Triton's queue timeout).
+    timeout_s: float | None = None
+
+    @property
+    def output_names(self) -> list[str] | None:
+        return None if self.outputs is None else [o.name for o in self.outputs]
+
+    def binary_flags(self, names: Sequence[str]) -> dict[str, bool]:
+        """Per answered output, whether it goes in the binary section."""
+        if self.outputs is None:
+            return {n: self.binary_output for n in names}
+        return {o.name: o.binary for o in self.outputs}
+
+
+# ---------------------------------------------------------------- tensors <-> bytes
+
+
+def v2_dtype(datatype: object, where: str) -> DType:
+    """V2 datatype string -> our dtype: 400 for a non-V2 string, 422 for one we refuse."""
+    if not isinstance(datatype, str) or datatype not in V2_ITEMSIZE:
+        raise MalformedRequest(
+            f"{where}: unknown datatype {datatype!r}; expected one of {', '.join(BY_V2)}",
+            code="unknown_dtype",
+        )
+    dtype = BY_V2.get(datatype)
+    if dtype is None:
+        raise InvalidInput(
+            f"{where}: datatype {datatype} is not supported; expected one of {', '.join(BY_V2)}",
+            code="bad_dtype",
+        )
+    return dtype
+
+
+def check_shape(shape: object, where: str, max_elements: int) -> tuple[tuple[int, ...], int]:
+    """A V2 shape (list of non-negative ints) and its element count, within the limit."""
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    ):
+        raise MalformedRequest(f"{where}: 'shape' must be a list of integers", code="bad_shape")
+    if any(d < 0 for d in shape):
+        raise MalformedRequest(f"{where}: negative dimension in shape {list(shape)}", code="bad_shape")
+    count = math.prod(shape)
+    if count > max_elements:
+        raise RequestTooLarge(
+            f"{where}: shape {list(shape)} has {count} elements, over the limit of {max_elements} per tensor"
+        )
+    return tuple(shape), count
+
+
+def tensor_from_buffer(
+    where: str, dtype: DType, shape: tuple[int, ...], count: int, buf: bytes | bytearray | memoryview
+) -> torch.Tensor:
+    """Raw little-endian row-major bytes -> tensor; the size was checked by the caller.
+
+    A read-only buffer (the request body, a protobuf ``bytes``) is copied once into a
+    fresh, aligned ``bytearray``: torch must not alias memory it may not write, and a
+    slice of the body may be misaligned for its dtype. A writable buffer is used as is.
+    """
+    if len(buf) != count * dtype.itemsize:  # callers check; this keeps the function safe alone
+        raise MalformedRequest(
+            f"{where}: {len(buf)} bytes of data, but shape {list(shape)} of {dtype.v2} needs "
+            f"{count * dtype.itemsize}",
+            code="size_mismatch",
+        )
+    if count == 0:
+        return torch.empty(shape, dtype=dtype.torch)
+    writable = buf if isinstance(buf, bytearray) else bytearray(buf)
+    return torch.frombuffer(writable, dtype=dtype.torch, count=count).reshape(shape)
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """A tensor's little-endian row-major bytes, as a view (no copy for a CPU tensor)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous().reshape(-1)
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16; the bits are the same as int16's
+        t = t.view(torch.int16)
+    return t.numpy().data.cast("B")
+
+
+def _json_array(where: str, data: Any, dtype: DType) -> np.ndarray:
+    """JSON tensor data (flat or nested) -> numpy array of the request's datatype."""
+    try:
+        array = np.asarray(data)
+    except ValueError:
+        raise MalformedRequest(
+            f"{where}: 'data' is a ragged nested list (rows of different lengths)", code="ragged_tensor"
+        ) from None
+    kind = array.dtype.kind
+    floating = dtype.torch.is_floating_point
+    if kind == "f" and not floating:
+        if not bool(np.all(np.isfinite(array))) or not bool(np.all(array == np.round(array))):
+            raise InvalidInput(f"{where}: {dtype.v2} data must be integers", code="bad_tensor")
+    elif kind in "US" and floating:
+        # Non-finite values travel as strings ("NaN", "Infinity"): JSON has no literal.
+        try:
+            array = array.astype(np.float64)
+        except ValueError:
+            raise InvalidInput(f"{where}: 'data' elements must be numbers", code="bad_tensor") from None
+    elif kind == "O" and floating:
+        try:
+            flat = [_NONFINITE.get(v, v) if isinstance(v, str) else v for v in array.ravel()]
+            array = np.asarray(flat, dtype=np.float64).reshape(array.shape)
+        except (ValueError, TypeError):
+            raise InvalidInput(f"{where}: 'data' elements must be numbers", code="bad_tensor") from None
+    elif kind not in "iuf":
+        raise InvalidInput(f"{where}: 'data' elements must be numbers", code="bad_tensor")
+    return array
+
+
+def tensor_from_json(where: str, dtype: DType, shape: tuple[int, ...], count: int, data: Any) -> torch.Tensor:
+    """The ``data`` of a JSON input -> tensor of ``shape`` (count checked before reshaping)."""
+    array = _json_array(where, data if isinstance(data, list) else [data], dtype)
+    if array.size != count:
+        raise MalformedRequest(
+            f"{where}: 'data' has {array.size} elements but shape {list(shape)} needs {count}",
+            code="size_mismatch",
+        )
+    if dtype.numpy is None:  # BF16: parse as float32, then round to bfloat16
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(dtype.torch).reshape(shape)
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype.numpy)).reshape(shape)
+
+
+def _json_data(t: torch.Tensor) -> Any:
+    """Flat JSON data of an output (perf_analyzer's C++ client reads flat lists only)."""
+    t = t.detach().cpu().reshape(-1)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        return [
+            v if math.isfinite(v) else ("NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity"))
+            for v in t.float().tolist()
+        ]
+    if t.dtype == torch.bfloat16:
+        return t.float().numpy()  # every bfloat16 is exact in float32
+    return t.numpy()  # orjson serializes numpy arrays natively
+
+
+# ---------------------------------------------------------------- REST
+
+
+def _parse_parameters(value: object, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MalformedRequest(f"{where}: 'parameters' must be a JSON object", code="malformed_request")
+    return value
+
+
+def _split_request_params(req: V2Request, params: Mapping[str, Any]) -> None:
+    """Protocol parameters -> request fields; the rest are op params (unknown ones are
+    ignored by the engine's lenient mode, as V2 clients add their own)."""
+    for key, value in params.items():
+        if key == "binary_data_output":
+            req.binary_output = value is True or (isinstance(value, str) and value.lower() == "true")
+        elif key == "timeout":
+            # Triton's queue timeout in microseconds (transports cap it at our default).
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                req.timeout_s = float(value) / 1e6
+        elif key in _RESERVED_PARAMS or key.startswith("triton_"):
+            continue
+        else:
+            req.params[key] = value
+
+
+def _refuse_unsupported(params: Mapping[str, Any], where: str) -> None:
+    bad = sorted(_UNSUPPORTED_TENSOR_PARAMS.intersection(params))
+    if bad:
+        raise MalformedRequest(
+            f"{where}: parameter(s) {', '.join(bad)} (shared memory / classification) are not supported",
+            code="unsupported_extension",
+        )
+
+
+def parse_header_length(value: str | None, body_length: int) -> int | None:
+    """The Inference-Header-Content-Length header, checked against the body."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit():
+        raise MalformedRequest(
+            f"Inference-Header-Content-Length must be a non-negative integer, got {value!r}",
+            code="bad_header_length",
+        )
+    length = int(text)
+    if length == 0:
+        # A "raw binary request" carries one input's bytes and no JSON: it relies on a
+        # fixed input shape, which no gradserve op has.
+        raise MalformedRequest(
+            "Inference-Header-Content-Length 0 (a raw binary request) is not supported: "
+            "send a JSON header that gives each input's shape and datatype",
+            code="bad_header_length",
+        )
+    if length > body_length:
+        raise MalformedRequest(
+            f"Inference-Header-Content-Length {length} is past the end of the {body_length}-byte body",
+            code="bad_header_length",
+        )
+    return length
+
+
+def decode_rest_request(body: bytes, header_length: str | None, max_elements: int) -> V2Request:
+    """A POST .../infer body (JSON, or JSON header + binary tensor data) -> V2Request."""
+    length = parse_header_length(header_length, len(body))
+    view = memoryview(body)
+    head = view if length is None else view[:length]
+    binary = view[0:0] if length is None else view[length:]
+    try:
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
+        hint = (
+            ""
+            if length is not None
+            else " (binary tensor data needs the Inference-Header-Content-Length header)"
+        )
+        raise MalformedRequest(f"body is not valid JSON: {exc}{hint}", code="malformed_json") from None
+    if not isinstance(doc, dict):
+        raise MalformedRequest("the inference request must be a JSON object", code="malformed_json")
+
+    req = V2Request(tensors={}, params={}, outputs=None)
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise MalformedRequest(f"'id' must be a string, got {request_id!r}", code="malformed_request")
+    req.id = request_id
+    _split_request_params(req, _parse_parameters(doc.get("parameters"), "request"))
+
+    inputs = doc.get("inputs", [])
+    if not isinstance(inputs, list):
+        raise MalformedRequest("'inputs' must be a list", code="malformed_request")
+    offset = 0
+    for i, item in enumerate(inputs):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise MalformedRequest(
+                f"inputs[{i}] must be an object with a string 'name'", code="malformed_request"
+            )
+        name = item["name"]
+        where = f"input {name!r}"
+        if name in req.tensors:
+            raise MalformedRequest(f"{where} is given twice", code="duplicate_input")
+        dtype = v2_dtype(item.get("datatype"), where)
+        shape, count = check_shape(item.get("shape"), where, max_elements)
+        tensor_params = _parse_parameters(item.get("parameters"), where)
+        _refuse_unsupported(tensor_params, where)
+        if "binary_data_size" in tensor_params:
+            size = tensor_params["binary_data_size"]
+            if "data" in item:
+                raise MalformedRequest(
+                    f"{where}: has both 'data' and binary_data_size", code="malformed_request"
+                )
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise MalformedRequest(
+                    f"{where}: binary_data_size must be a non-negative integer", code="size_mismatch"
+                )
+            expected = count * dtype.itemsize
+            if size != expected:
+                raise MalformedRequest(
+                    f"{where}: binary_data_size is {size} but shape {list(shape)} of {dtype.v2} "
+                    f"needs {expected} bytes",
+                    code="size_mismatch",
+                )
+            if offset + size > len(binary):
+                raise MalformedRequest(
+                    f"{where}: its {size} bytes at offset {offset} are past the end of the "
+                    f"{len(binary)}-byte binary section (truncated body?)",
+                    code="truncated_body",
+                )
+            req.tensors[name] = tensor_from_buffer(where, dtype, shape, count, binary[offset : offset + size])
+            offset += size
+        elif "data" in item:
+            req.tensors[name] = tensor_from_json(where, dtype, shape, count, item["data"])
+        else:
+            raise MalformedRequest(
+                f"{where}: needs 'data' or parameter binary_data_size", code="malformed_request"
+            )
+    if offset != len(binary):
+        raise MalformedRequest(
+            f"the binary section has {len(binary)} bytes but the inputs' binary_data_size add up to {offset}",
+            code="size_mismatch",
+        )
+
+    outputs = doc.get("outputs")
+    if outputs is not None and not isinstance(outputs, list):
+        raise MalformedRequest("'outputs' must be a list", code="malformed_request")
+    if outputs:  # an empty list means "none named", as an absent one (and as on gRPC)
+        req.outputs = []
+        for i, item in enumerate(outputs):
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise MalformedRequest(
+                    f"outputs[{i}] must be an object with a string 'name'", code="malformed_request"
+                )
+            out_params = _parse_parameters(item.get("parameters"), f"output {item['name']!r}")
+            _refuse_unsupported(out_params, f"output {item['name']!r}")
+            flag = out_params.get("binary_data", req.binary_output)
+            req.outputs.append(RequestedOutput(item["name"], flag is True))
+    return req
+
+
+def encode_rest_response(
+    model: str, request_id: str | None, outputs: Mapping[str, torch.Tensor], binary: Mapping[str, bool]
+) -> tuple[bytes, int | None]:
+    """Outputs (in answer order) -> (body, JSON header length or None for plain JSON)."""
+    entries: list[dict[str, Any]] = []
+    chunks: list[memoryview] = []
+    for name, t in outputs.items():
+        entry: dict[str, Any] = {"name": name, "datatype": of_tensor(t).v2, "shape": list(t.shape)}
+        if binary.get(name, False):
+            raw = tensor_bytes(t)
+            # Output-level parameters only with binary_data_size: perf_analyzer's C++
+            # client requires that key whenever an output has parameters.
+            entry["parameters"] = {"binary_data_size": raw.nbytes}
+            chunks.append(raw)
+        else:
+            entry["data"] = _json_data(t)
+        entries.append(entry)
+    doc: dict[str, Any] = {"model_name": model, "model_version": MODEL_VERSION}
+    if request_id is not None:
+        doc["id"] = request_id
+    doc["outputs"] = entries
+    head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return head, None
+    return b"".join([head, *chunks]), len(head)
+
+
+# ---------------------------------------------------------------- gRPC
+
+
+def _param_value(p: pb.InferParameter) -> Any:
+    which = p.WhichOneof("parameter_choice")
+    return None if which is None else getattr(p, which)
+
+
+# Typed contents fields per datatype (FP16/BF16 have none: raw only).
+_TYPED_FIELD = {
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "INT64": "int64_contents",
+    "INT32": "int_contents",
+}
+
+
+def decode_grpc_request(msg: pb.ModelInferRequest, max_elements: int) -> V2Request:
+    """ModelInferRequest (raw_input_contents, or typed contents) -> V2Request."""
+    req = V2Request(tensors={}, params={}, outputs=None, id=msg.id or None)
+    _split_request_params(req, {k: _param_value(v) for k, v in msg.parameters.items()})
+    raw = msg.raw_input_contents
+    if raw and len(raw) != len(msg.inputs):
+        raise MalformedRequest(
+            f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs", code="size_mismatch"
+        )
+    for i, item in enumerate(msg.inputs):
+        where = f"input {item.name!r}"
+        if not item.name:
+            raise MalformedRequest(f"inputs[{i}] has no name", code="malformed_request")
+        if item.name in req.tensors:
+            raise MalformedRequest(f"{where} is given twice", code="duplicate_input")
+        _refuse_unsupported({k: None for k in item.parameters}, where)
+        dtype = v2_dtype(item.datatype, where)
+        shape, count = check_shape(list(item.shape), where, max_elements)
+        if raw:
+            if item.HasField("contents"):
+                raise MalformedRequest(
+                    f"{where}: has typed contents although the request uses raw_input_contents",
+                    code="malformed_request",
+                )
+            data = raw[i]
+            if len(data) != count * dtype.itemsize:
+                raise MalformedRequest(
+                    f"{where}: raw_input_contents[{i}] has {len(data)} bytes but shape {list(shape)} "
+                    f"of {dtype.v2} needs {count * dtype.itemsize}",
+                    code="size_mismatch",
+                )
+            req.tensors[item.name] = tensor_from_buffer(where, dtype, shape, count, data)
+            continue
+        field_name = _TYPED_FIELD.get(dtype.v2)
+        if field_name is None:
+            raise MalformedRequest(
+                f"{where}: {dtype.v2} must be sent in raw_input_contents", code="malformed_request"
+            )
+        values = getattr(item.contents, field_name)
+        if len(values) != count:
+            raise MalformedRequest(
+                f"{where}: contents.{field_name} has {len(values)} elements but shape {list(shape)} needs {count}",
+                code="size_mismatch",
+            )
+        assert dtype.numpy is not None
+        req.tensors[item.name] = torch.from_numpy(np.array(values, dtype=dtype.numpy)).reshape(shape)
+    if msg.outputs:
+        req.outputs = [RequestedOutput(o.name, True) for o in msg.outputs]
+    return req
+
+
+def encode_grpc_response(
+    model: str, request_id: str | None, outputs: Mapping[str, torch.Tensor]
+) -> pb.ModelInferResponse:
+    """Outputs -> ModelInferResponse with raw_output_contents (tritonclient reads only those)."""
+    response = pb.ModelInferResponse(model_name=model, model_version=MODEL_VERSION, id=request_id or "")
+    for name, t in outputs.items():
+        response.outputs.add(name=name, datatype=of_tensor(t).v2, shape=list(t.shape))
+        response.raw_output_contents.append(tensor_bytes(t).tobytes())
+    return response
+
+
+# ---------------------------------------------------------------- engine arguments
+
+
+def engine_inputs(spec: OpSpec, req: V2Request) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and params for ``Engine.infer``.
+
+    Init ops have no tensor inputs; V2 clients may still send the weight shape as an
+    INT64 input named ``shape`` (API.md section 3), which becomes the ``shape`` param.
+    """
+    tensors, params = dict(req.tensors), dict(req.params)
+    if "shape" in tensors and "shape" in spec.param_index and "shape" not in spec.input_index:
+        t = tensors.pop("shape")
+        if t.dtype not in (torch.int64, torch.int32) or t.dim() > 1:
+            raise InvalidInput("input 'shape': expected a 1-D INT64 tensor of dimensions", code="bad_shape")
+        if "shape" in params:
+            raise InvalidInput(
+                "shape is given both as an input and as a parameter; give one", code="bad_shape"
+            )
+        params["shape"] = [int(d) for d in t.reshape(-1).tolist()]
+    return tensors, params
+
+
+def check_version(spec: OpSpec, version: str | None) -> None:
+    """Each op is a model with the single version "1"; "" (gRPC) means the latest."""
+    if version not in (None, "", MODEL_VERSION):
+        raise OpNotFound(
+            f"model {spec.name!r} has no version {version!r}; its only version is {MODEL_VERSION}"
+        )
+
+
+# ---------------------------------------------------------------- metadata and config
+
+# Metadata shapes: every dim is -1 (dynamic); the rank is the op's usual one (any rank
+# is accepted where the op allows it). Ranks that differ from the defaults below:
+_RANK: dict[tuple[str, str], int] = {
+    ("prelu", "alpha"): 1,
+    ("prelu", "grad_alpha"): 1,
+    ("maxout", "weight"): 3,
+    ("maxout", "grad_weight"): 3,
+    ("full_loss", "bias"): 1,
+    ("full_loss", "grad_bias"): 1,
+    ("cross_entropy", "weight"): 1,
+    ("nll", "weight"): 1,
+    ("bce_with_logits", "pos_weight"): 1,
+}
+# Outputs that are always scalars.
+_SCALARS = frozenset({"penalty", "data_loss", "reg_loss", "std"})
+
+
+def _rank(spec: OpSpec, name: str, tensor: TensorSpec | None = None) -> int:
+    if (spec.name, name) in _RANK:
+        return _RANK[(spec.name, name)]
+    if name in ("loss", "grad_loss"):
+        # A loss with a reduction param is [] for mean/sum and per-sample for "none":
+        # its rank is dynamic, which V2 cannot say; one -1 dim stands for it.
+        return 1 if "reduction" in spec.param_index else 0
+    if name in _SCALARS or name == "grad_penalty":
+        return 0
+    if tensor is not None and tensor.kind in ("index", "target", "int"):
+        return 1
+    return 2
+
+
+def _input_datatype(t: TensorSpec) -> str:
+    # Float inputs accept FP32/FP64/FP16/BF16; metadata names the default.
+    return "FP32" if t.kind == "float" else "INT64"
+
+
+def _tensor_list(spec: OpSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    # No input is rank 0 in metadata: Triton has no rank-0 tensors and perf_analyzer
+    # cannot fill one ("unable to set shape for the input"); a scalar upstream gradient
+    # (grad_loss, grad_penalty) is listed as [-1] and still sent with shape [].
+    inputs = [
+        {
+            "name": t.name,
+            "datatype": _input_datatype(t),
+            "shape": [-1] * max(1, _rank(spec, t.name, t)),
+            "optional": t.optional,
+        }
+        for t in spec.inputs
+    ]
+    if spec.family == "init" and "shape" not in spec.input_index:
+        inputs.append({"name": "shape", "datatype": "INT64", "shape": [-1], "optional": True})
+    outputs = [
+        {"name": name, "datatype": "FP32", "shape": [-1] * _rank(spec, name)}
+        for name in spec.all_output_names
+    ]
+    return inputs, outputs
+
+
+def model_metadata(spec: OpSpec) -> dict[str, Any]:
+    """V2 model metadata (REST body; the gRPC message is parsed from it)."""
+    inputs, outputs = _tensor_list(spec)
+    return {
+        "name": spec.name,
+        "versions": [MODEL_VERSION],
+        "platform": PLATFORM,
+        "inputs": [{k: v for k, v in t.items() if k != "optional"} for t in inputs],
+        "outputs": outputs,
+    }
+
+
+def model_config(spec: OpSpec) -> dict[str, Any]:
+    """Triton model config (proto field names), what perf_analyzer reads.
+
+    ``max_batch_size`` 0: to Triton clients each request is a whole tensor of any
+    shape; gradserve's own dynamic batching happens behind that (it concatenates
+    requests along dim 0 or elementwise) and needs nothing from the client.
+    """
+    inputs, outputs = _tensor_list(spec)
+    return {
+        "name": spec.name,
+        "platform": PLATFORM,
+        "backend": PLATFORM,
+        "max_batch_size": 0,
+        "input": [
+            {
+                "name": t["name"],
+                "data_type": "TYPE_" + t["datatype"],
+                "dims": t["shape"],
+                "optional": t["optional"],
+            }
+            for t in inputs
+        ],
+        "output": [
+            {"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]} for t in outputs
+        ],
+    }
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}

@@ -1,0 +1,98 @@
+"""The gRPC server: grpc.aio on the HTTP server's event loop, over the same runtime.
+
+Flow position: ``gradserve serve`` (cli.py) -> **GrpcServer** -> servicer -> engine.
+It serves inference.GRPCInferenceService, grpc.health.v1.Health (NOT_SERVING while
+warming, SERVING once every op is warm, NOT_SERVING for good from the moment a drain
+starts) and server reflection (so grpcurl needs no .proto file). Message size limits
+come from settings (large by default: tensors are big, grpcio's 4 MiB default is not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gradserve.grpc.generated import inference_pb2 as pb
+from gradserve.grpc.generated import inference_pb2_grpc as pb_grpc
+from gradserve.grpc.servicer import InferenceServicer
+from gradserve.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# How often the health watcher looks at engine.ready while warming (no event exists).
+_READY_POLL_S = 0.05
+
+
+class GrpcServer:
+    """Start, mark not serving, and stop the gRPC side of ``gradserve serve``."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        settings = runtime.settings
+        limit = settings.grpc_max_message_bytes
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                # Without this, grpcio binds with SO_REUSEPORT: a second server on a
+                # taken port would start and silently share it instead of failing.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self.health = health.aio.HealthServicer()
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(runtime.engine, runtime.registry), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.address = f"{settings.host}:{settings.grpc_port}"
+        self.port: int | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._shutdown: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Bind and start; health turns SERVING when the engine is ready."""
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self.server.add_insecure_port(self.address)
+        if not self.port:  # pragma: no cover - grpcio returns 0 when it cannot bind
+            raise RuntimeError(f"gRPC cannot bind {self.address}")
+        await self.server.start()
+        self._watch = asyncio.create_task(self._serving_when_ready(), name="grpc-health")
+        log.info("gRPC listening on %s", self.address)
+
+    async def _serving_when_ready(self) -> None:
+        engine = self.runtime.engine
+        while not engine.ready:
+            if engine.draining:
+                return
+            await asyncio.sleep(_READY_POLL_S)
+        if not engine.draining:
+            for service in ("", SERVICE_NAME):
+                await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def set_not_serving(self) -> None:
+        """Health NOT_SERVING from now on (called at SIGTERM, before the drain)."""
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._shutdown is None:
+            # The aio health servicer's setters are coroutines (they notify watchers).
+            self._shutdown = asyncio.ensure_future(self.health.enter_graceful_shutdown())
+
+    async def stop(self, grace_s: float | None) -> None:
+        """Stop accepting RPCs; in-flight ones get ``grace_s`` seconds to finish."""
+        self.set_not_serving()
+        for task in (self._watch, self._shutdown):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.server.stop(grace_s)
+        log.info("gRPC stopped")

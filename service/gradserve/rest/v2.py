@@ -1,0 +1,144 @@
+"""V2 REST transport (Open Inference Protocol) under /v2, so tritonclient.http and
+perf_analyzer work unmodified.
+
+Flow position: HTTP request -> **rest/v2** -> codecs/v2 (decode) -> engine -> codecs/v2
+(encode). Each op is a model named after it, version "1"; every model route also
+answers under /versions/{v}. Bodies are parsed from raw bytes whatever the
+Content-Type (tritonclient sends none); errors render as ``{"error": msg}`` through
+rest/errors.py with the statuses of errors.py.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gradserve.codecs import v2
+from gradserve.engine import Engine
+from gradserve.errors import MalformedRequest, RequestTooLarge
+from gradserve.ops.registry import OpSpec, Registry
+from gradserve.rest.body import read_body, until_disconnect
+
+_JSON = "application/json"
+_HEADER_LENGTH = "inference-header-content-length"
+# Content-Encoding -> zlib wbits (gzip container, or the zlib stream HTTP calls deflate).
+_DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=_JSON)
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip/deflate body (tritonclient's request_compression_algorithm), within ``limit``
+    once inflated: a small compressed body must not expand past the body limit."""
+    wbits = _DECODERS.get(encoding.strip().lower())
+    if wbits is None:
+        raise MalformedRequest(
+            f"unsupported Content-Encoding {encoding!r}; use gzip or deflate", code="bad_encoding"
+        )
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise MalformedRequest(f"body is not valid {encoding}: {exc}", code="bad_encoding") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise RequestTooLarge(f"decompressed request body is over the limit of {limit} bytes")
+    if not inflater.eof:
+        raise MalformedRequest(f"{encoding} body is truncated", code="bad_encoding")
+    return out
+
+
+def build_router(engine: Engine, registry: Registry) -> APIRouter:
+    router = APIRouter(prefix="/v2", tags=["v2"])
+    settings = engine.settings
+
+    def model(request: Request) -> OpSpec:
+        """The op named in the path (404 if unknown), with its version checked."""
+        spec = registry.get(request.path_params["model"])
+        v2.check_version(spec, request.path_params.get("version"))
+        return spec
+
+    def serving() -> bool:
+        return engine.ready and not engine.draining
+
+    def not_ready_reason() -> str:
+        return "server is draining" if engine.draining else "server is warming up"
+
+    @router.get("", summary="Server metadata")
+    async def server_metadata() -> Response:
+        return _json(v2.server_metadata())
+
+    @router.get("/health/live", summary="Server live")
+    async def live() -> Response:
+        return _json({"live": True})
+
+    @router.get("/health/ready", summary="Server ready (every op warm, not draining)")
+    async def ready() -> Response:
+        # tritonclient only checks for 200; the JSON body is for people and probes.
+        if serving():
+            return _json({"ready": True})
+        return _json({"ready": False, "error": not_ready_reason()}, 503)
+
+    async def model_metadata(request: Request) -> Response:
+        return _json(v2.model_metadata(model(request)))
+
+    async def model_ready(request: Request) -> Response:
+        spec = model(request)
+        if serving():
+            return _json({"name": spec.name, "ready": True})
+        return _json({"name": spec.name, "ready": False, "error": not_ready_reason()}, 503)
+
+    async def model_config(request: Request) -> Response:
+        return _json(v2.model_config(model(request)))
+
+    async def infer(request: Request) -> Response:
+        spec = model(request)  # 404 before reading a byte of the body
+        header = request.headers.get(_HEADER_LENGTH)
+        limit = settings.max_binary_body_bytes if header is not None else settings.max_body_bytes
+        body = await read_body(request, limit)
+        encoding = request.headers.get("content-encoding")
+        if encoding and encoding.strip().lower() != "identity":
+            body = _decompress(body, encoding, limit)
+        req = v2.decode_rest_request(body, header, settings.max_tensor_elements)
+        tensors, params = v2.engine_inputs(spec, req)
+        timeout_s = None if req.timeout_s is None else min(req.timeout_s, settings.request_timeout_s)
+        outputs = await until_disconnect(
+            request,
+            engine.infer(
+                spec.name,
+                tensors,
+                params,
+                outputs=req.output_names,
+                transport="v2",
+                lenient=True,
+                timeout_s=timeout_s,
+            ),
+        )
+        content, head_length = v2.encode_rest_response(
+            spec.name, req.id, outputs, req.binary_flags(list(outputs))
+        )
+        if head_length is None:
+            return Response(content, media_type=_JSON)
+        return Response(
+            content,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(head_length)},
+        )
+
+    routes: list[tuple[str, Callable[[Request], Awaitable[Response]], str, str]] = [
+        ("", model_metadata, "GET", "Model metadata"),
+        ("/ready", model_ready, "GET", "Model ready"),
+        ("/config", model_config, "GET", "Model config (Triton form; perf_analyzer reads it)"),
+        ("/infer", infer, "POST", "Inference (JSON or binary tensor data)"),
+    ]
+    for suffix, handler, method, summary in routes:
+        for base in ("/models/{model}", "/models/{model}/versions/{version}"):
+            router.add_api_route(base + suffix, handler, methods=[method], summary=summary)
+    return router
