@@ -7,11 +7,19 @@ import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import grpc
 from starlette.requests import Request
 
-from gradserve.errors import RequestTooLarge
+from gradserve.errors import ErrorKind, GradservError, RequestTooLarge
 
 T = TypeVar("T")
+
+
+class ClientDisconnected(GradservError):
+    """The client left before its answer was ready (nginx's 499); nobody reads the
+    answer, but raising it (not CancelledError) keeps uvicorn from logging a traceback."""
+
+    kind = ErrorKind("client_disconnected", 499, grpc.StatusCode.CANCELLED)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -42,8 +50,14 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
             task.cancel()
-        return await task
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise ClientDisconnected("the client disconnected before its answer was ready")
+        return task.result()
     finally:
+        # Also when this handler is itself cancelled: the work must not outlive it.
+        if not task.done():
+            task.cancel()
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
