@@ -19,8 +19,8 @@ run: venv
 	$(BIN)/gradserve serve
 
 lint: venv
-	$(BIN)/ruff check service tests clients bench
-	$(BIN)/ruff format --check service tests clients bench
+	$(BIN)/ruff check service tests clients bench examples
+	$(BIN)/ruff format --check service tests clients bench examples
 
 typecheck: venv
 	$(BIN)/mypy service/gradserve clients/gradserve_client

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+
 from gradserve.errors import InvalidInput
 from gradserve.ops.activations import GELU_TANH_GRAD_CLAMP, SPECS
 from gradserve.ops.layout import assemble, disassemble

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from gradserve.errors import InvalidInput
 from gradserve.ops import init
 from gradserve.ops.registry import Batch

@@ -129,7 +129,7 @@ def test_tensors_mixed_float_dtypes_follow_the_primary() -> None:
 
 def test_tensors_dtype_kinds() -> None:
     spec = REGISTRY.get("cross_entropy")
-    with pytest.raises(InvalidInput, match="'input'.*not a float"):
+    with pytest.raises(InvalidInput, match=r"'input'.*not a float"):
         validate_tensors(
             spec,
             {"input": torch.zeros(2, 3, dtype=torch.int64), "target": torch.zeros(2)},

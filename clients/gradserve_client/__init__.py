@@ -1,0 +1,64 @@
+"""gradserve-client: thin Python clients for gradserve, no torch needed.
+
+Four clients that mirror each other method for method, over one I/O-free core:
+
+- ``Client`` / ``AsyncClient``: HTTP, Open Inference Protocol V2 REST (binary tensor
+  extension by default, JSON with ``binary=False``); ``ops()`` reads GET /v1/ops.
+- ``GrpcClient`` / ``AsyncGrpcClient``: V2 gRPC (``inference.GRPCInferenceService``).
+
+Each has ``activation``, ``loss`` and ``init`` (one per op family), a generic
+``infer``, ``ops``, ``model_metadata``, ``server_metadata``, ``live`` / ``ready`` /
+``model_ready``, and is a (async) context manager. Answers are ``Outputs``: numpy
+arrays keyed by output name (``.torch()`` gives torch tensors). Errors are the
+exceptions of ``gradserve_client.errors``; overload and unavailability are retried
+per ``RetryPolicy``.
+"""
+
+from gradserve_client._core import (
+    ModelMetadata,
+    OpInfo,
+    Outputs,
+    ParamValue,
+    RetryPolicy,
+    ServerMetadata,
+    TensorLike,
+    TensorMetadata,
+)
+from gradserve_client._grpc import AsyncGrpcClient, GrpcClient
+from gradserve_client._http import AsyncClient, Client
+from gradserve_client.errors import (
+    GradservError,
+    InvalidInputError,
+    NotFoundError,
+    OverloadedError,
+    ServerError,
+    TimedOutError,
+    TooLargeError,
+    UnavailableError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "AsyncGrpcClient",
+    "Client",
+    "GradservError",
+    "GrpcClient",
+    "InvalidInputError",
+    "ModelMetadata",
+    "NotFoundError",
+    "OpInfo",
+    "Outputs",
+    "OverloadedError",
+    "ParamValue",
+    "RetryPolicy",
+    "ServerError",
+    "ServerMetadata",
+    "TensorLike",
+    "TensorMetadata",
+    "TimedOutError",
+    "TooLargeError",
+    "UnavailableError",
+    "__version__",
+]

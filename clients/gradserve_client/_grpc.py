@@ -1,0 +1,428 @@
+"""The gRPC clients: ``GrpcClient`` and ``AsyncGrpcClient`` over inference.GRPCInferenceService.
+
+Twins of the HTTP clients, method for method, over the same ``_core`` code: requests
+go out as ``ModelInferRequest`` with ``raw_input_contents``; answers come back as the
+same ``Outputs``; errors as the same exceptions.
+
+Retries run in the client's loop, as over HTTP, not in the channel's configurable
+retry policy (a gRPC service config), which does not serve here: it cannot tell a
+queue-full RESOURCE_EXHAUSTED (retry) from a too-large one (never retry), since only the
+message differs; it silently skips requests over its per-call retry buffer (256 KiB by
+default, so most tensors); it caps attempts at 5; and with grpcio 1.85 its retry of a
+refused connection sometimes waits out the whole deadline instead of failing fast.
+What the channel does serve is kept: its transparent retries (an RPC that never left
+the client) and its reconnect backoff.
+
+The V2 gRPC service has no catalog rpc, so ``ops()`` reads the HTTP catalog
+(GET /v1/ops) at ``catalog_url``; everything else stays on gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+import grpc.aio
+
+from gradserve_client import _core
+from gradserve_client._core import (
+    Deadline,
+    InferRequest,
+    ModelMetadata,
+    OpInfo,
+    Outputs,
+    ParamValue,
+    RetryPolicy,
+    ServerMetadata,
+    TensorLike,
+)
+from gradserve_client._http import AsyncClient, Client
+from gradserve_client.errors import GradservError
+
+log = logging.getLogger("gradserve_client")
+
+DEFAULT_TARGET = "localhost:8001"
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class _GrpcCommon:
+    """State and pure helpers the sync and async gRPC clients share."""
+
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float,
+        retry: RetryPolicy | None,
+        catalog_url: str | None,
+        metadata: Sequence[tuple[str, str]] | None,
+    ) -> None:
+        Deadline(timeout_s)  # validates
+        self.target = target
+        self.timeout_s = timeout_s
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.catalog_url = catalog_url
+        self._call_metadata = tuple(metadata or ())
+        self._metadata: dict[str, ModelMetadata] = {}
+        self._pb, self._pb_grpc = _core.grpc_modules()
+
+    def _channel_options(self, options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        return [
+            # The server enforces its own message limit (and answers RESOURCE_EXHAUSTED
+            # past it); a client-side cap would only add a second, different one.
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
+            *options,
+        ]
+
+    def _deadline(self, timeout_s: float | None) -> Deadline:
+        return Deadline(self.timeout_s if timeout_s is None else timeout_s)
+
+    def _build(
+        self,
+        op: str,
+        tensors: list[_core.WireTensor],
+        params: Mapping[str, ParamValue],
+        outputs: Sequence[str] | None,
+    ) -> Any:
+        request = InferRequest(
+            op, tensors, _core.encode_params(params), None if outputs is None else tuple(outputs)
+        )
+        return _core.grpc_infer_request(request)
+
+    def _after_failure(self, error: GradservError, attempt: int, deadline: Deadline) -> float:
+        delay = self.retry.next_delay(error, attempt, deadline.remaining_s())
+        if delay is None:
+            raise _core.give_up(error, attempt)
+        log.info("retry %d/%d in %.3f s after %s", attempt, self.retry.max_retries, delay, error)
+        return delay
+
+    def _catalog_url(self) -> str:
+        if self.catalog_url is None:
+            raise ValueError(
+                "the V2 gRPC protocol has no catalog rpc: pass catalog_url='http://host:8000' "
+                "to read GET /v1/ops over HTTP, or use model_metadata(op) per op"
+            )
+        return self.catalog_url
+
+
+def _rpc_error(exc: grpc.RpcError) -> GradservError:
+    call: Any = exc  # grpc.RpcError raised by a call is also a grpc.Call
+    code = call.code()
+    return _core.grpc_error(code.name if code is not None else "UNKNOWN", call.details() or "")
+
+
+class GrpcClient(_GrpcCommon):
+    """Synchronous gRPC client (V2 ``inference.GRPCInferenceService``).
+
+    Args:
+        target: the server's gRPC address, ``host:port``.
+        timeout_s: default timeout of each call (the gRPC deadline), retries included.
+        retry: the retry policy (default: up to 3 retries on overload/unavailability).
+        catalog_url: the server's HTTP base URL, used only by ``ops()``.
+        credentials: TLS credentials; without them the channel is insecure.
+        metadata: extra metadata sent with every call.
+        options: extra gRPC channel options.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+        catalog_url: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        super().__init__(target, timeout_s, retry, catalog_url, metadata)
+        opts = self._channel_options(options)
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=opts)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=opts)
+        )
+        self._stub = self._pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def activation(
+        self,
+        op: str,
+        x: TensorLike,
+        *,
+        grad: bool = False,
+        inputs: Mapping[str, TensorLike] | None = None,
+        timeout_s: float | None = None,
+        **params: ParamValue,
+    ) -> Outputs:
+        """Run an activation op on ``x``; see ``Client.activation``."""
+        return self._run(op, _core.activation_inputs(x, inputs), params, None, grad, timeout_s)
+
+    def loss(
+        self,
+        op: str,
+        input: TensorLike | None = None,
+        target: TensorLike | None = None,
+        *,
+        grad: bool = False,
+        inputs: Mapping[str, TensorLike] | None = None,
+        timeout_s: float | None = None,
+        **params: ParamValue,
+    ) -> Outputs:
+        """Run a loss op; see ``Client.loss``."""
+        return self._run(op, _core.loss_inputs(input, target, inputs), params, None, grad, timeout_s)
+
+    def init(
+        self, op: str, shape: Sequence[int], *, timeout_s: float | None = None, **params: ParamValue
+    ) -> Outputs:
+        """Run a weight-initialization op; see ``Client.init``."""
+        return self._run(op, [], {**params, "shape": tuple(shape)}, None, False, timeout_s)
+
+    def infer(
+        self,
+        op: str,
+        inputs: Mapping[str, TensorLike] | None = None,
+        params: Mapping[str, ParamValue] | None = None,
+        outputs: Sequence[str] | None = None,
+        *,
+        grad: bool = False,
+        timeout_s: float | None = None,
+    ) -> Outputs:
+        """Run any op with named tensors and params; see ``Client.infer``."""
+        return self._run(op, _core.encode_inputs(inputs), params or {}, outputs, grad, timeout_s)
+
+    def _run(
+        self,
+        op: str,
+        tensors: list[_core.WireTensor],
+        params: Mapping[str, ParamValue],
+        outputs: Sequence[str] | None,
+        grad: bool,
+        timeout_s: float | None,
+    ) -> Outputs:
+        deadline = self._deadline(timeout_s)
+        if outputs is None and grad:
+            outputs = _core.wanted_outputs(self._model_metadata(op, deadline), tensors)
+        response = self._call(self._stub.ModelInfer, self._build(op, tensors, params, outputs), deadline)
+        return _core.decode_grpc_infer(response)
+
+    def ops(self, *, timeout_s: float | None = None) -> list[OpInfo]:
+        """The op catalog, read over HTTP from ``catalog_url`` (gRPC has no catalog rpc)."""
+        with Client(self._catalog_url(), timeout_s=timeout_s or self.timeout_s, retry=self.retry) as http:
+            return http.ops()
+
+    def model_metadata(self, op: str, *, timeout_s: float | None = None) -> ModelMetadata:
+        """The V2 metadata of one op (ModelMetadata rpc); cached per client."""
+        return self._model_metadata(op, self._deadline(timeout_s))
+
+    def _model_metadata(self, op: str, deadline: Deadline) -> ModelMetadata:
+        if op not in self._metadata:
+            msg = self._call(self._stub.ModelMetadata, self._pb.ModelMetadataRequest(name=op), deadline)
+            self._metadata[op] = _core.model_metadata_from_grpc(msg)
+        return self._metadata[op]
+
+    def server_metadata(self, *, timeout_s: float | None = None) -> ServerMetadata:
+        """The V2 server metadata (ServerMetadata rpc)."""
+        msg = self._call(
+            self._stub.ServerMetadata, self._pb.ServerMetadataRequest(), self._deadline(timeout_s)
+        )
+        return ServerMetadata(msg.name, msg.version, tuple(msg.extensions))
+
+    def live(self) -> bool:
+        """Whether the server answers ServerLive with live=true. Never raises."""
+        return self._health(lambda t: self._stub.ServerLive(self._pb.ServerLiveRequest(), timeout=t).live)
+
+    def ready(self) -> bool:
+        """Whether the server answers ServerReady with ready=true."""
+        return self._health(lambda t: self._stub.ServerReady(self._pb.ServerReadyRequest(), timeout=t).ready)
+
+    def model_ready(self, op: str) -> bool:
+        """Whether one op (V2 model) is ready (ModelReady rpc)."""
+        return self._health(
+            lambda t: self._stub.ModelReady(self._pb.ModelReadyRequest(name=op), timeout=t).ready
+        )
+
+    def _health(self, probe: Callable[[float], bool]) -> bool:
+        try:
+            return bool(probe(self.timeout_s))
+        except grpc.RpcError:
+            return False
+
+    def _call(self, method: Any, request: Any, deadline: Deadline) -> Any:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return method(request, timeout=deadline.check(), metadata=self._call_metadata)
+            except grpc.RpcError as exc:
+                error = _rpc_error(exc)
+            time.sleep(self._after_failure(error, attempt, deadline))
+
+
+class AsyncGrpcClient(_GrpcCommon):
+    """Asynchronous twin of ``GrpcClient`` (grpc.aio): the same constructor and methods,
+    awaited. Use ``async with``, or ``await aclose()``. Create it inside the event loop
+    that will use it."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+        catalog_url: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        super().__init__(target, timeout_s, retry, catalog_url, metadata)
+        opts = self._channel_options(options)
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, options=opts)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=opts)
+        )
+        self._stub = self._pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the channel."""
+        await self._channel.close()
+
+    async def activation(
+        self,
+        op: str,
+        x: TensorLike,
+        *,
+        grad: bool = False,
+        inputs: Mapping[str, TensorLike] | None = None,
+        timeout_s: float | None = None,
+        **params: ParamValue,
+    ) -> Outputs:
+        """Run an activation op on ``x``; see ``Client.activation``."""
+        return await self._run(op, _core.activation_inputs(x, inputs), params, None, grad, timeout_s)
+
+    async def loss(
+        self,
+        op: str,
+        input: TensorLike | None = None,
+        target: TensorLike | None = None,
+        *,
+        grad: bool = False,
+        inputs: Mapping[str, TensorLike] | None = None,
+        timeout_s: float | None = None,
+        **params: ParamValue,
+    ) -> Outputs:
+        """Run a loss op; see ``Client.loss``."""
+        return await self._run(op, _core.loss_inputs(input, target, inputs), params, None, grad, timeout_s)
+
+    async def init(
+        self, op: str, shape: Sequence[int], *, timeout_s: float | None = None, **params: ParamValue
+    ) -> Outputs:
+        """Run a weight-initialization op; see ``Client.init``."""
+        return await self._run(op, [], {**params, "shape": tuple(shape)}, None, False, timeout_s)
+
+    async def infer(
+        self,
+        op: str,
+        inputs: Mapping[str, TensorLike] | None = None,
+        params: Mapping[str, ParamValue] | None = None,
+        outputs: Sequence[str] | None = None,
+        *,
+        grad: bool = False,
+        timeout_s: float | None = None,
+    ) -> Outputs:
+        """Run any op with named tensors and params; see ``Client.infer``."""
+        return await self._run(op, _core.encode_inputs(inputs), params or {}, outputs, grad, timeout_s)
+
+    async def _run(
+        self,
+        op: str,
+        tensors: list[_core.WireTensor],
+        params: Mapping[str, ParamValue],
+        outputs: Sequence[str] | None,
+        grad: bool,
+        timeout_s: float | None,
+    ) -> Outputs:
+        deadline = self._deadline(timeout_s)
+        if outputs is None and grad:
+            outputs = _core.wanted_outputs(await self._model_metadata(op, deadline), tensors)
+        response = await self._call(
+            self._stub.ModelInfer, self._build(op, tensors, params, outputs), deadline
+        )
+        return _core.decode_grpc_infer(response)
+
+    async def ops(self, *, timeout_s: float | None = None) -> list[OpInfo]:
+        """The op catalog, read over HTTP from ``catalog_url`` (gRPC has no catalog rpc)."""
+        async with AsyncClient(
+            self._catalog_url(), timeout_s=timeout_s or self.timeout_s, retry=self.retry
+        ) as http:
+            return await http.ops()
+
+    async def model_metadata(self, op: str, *, timeout_s: float | None = None) -> ModelMetadata:
+        """The V2 metadata of one op (ModelMetadata rpc); cached per client."""
+        return await self._model_metadata(op, self._deadline(timeout_s))
+
+    async def _model_metadata(self, op: str, deadline: Deadline) -> ModelMetadata:
+        if op not in self._metadata:
+            msg = await self._call(self._stub.ModelMetadata, self._pb.ModelMetadataRequest(name=op), deadline)
+            self._metadata[op] = _core.model_metadata_from_grpc(msg)
+        return self._metadata[op]
+
+    async def server_metadata(self, *, timeout_s: float | None = None) -> ServerMetadata:
+        """The V2 server metadata (ServerMetadata rpc)."""
+        msg = await self._call(
+            self._stub.ServerMetadata, self._pb.ServerMetadataRequest(), self._deadline(timeout_s)
+        )
+        return ServerMetadata(msg.name, msg.version, tuple(msg.extensions))
+
+    async def live(self) -> bool:
+        """Whether the server answers ServerLive with live=true. Never raises."""
+        return await self._health(self._stub.ServerLive, self._pb.ServerLiveRequest(), "live")
+
+    async def ready(self) -> bool:
+        """Whether the server answers ServerReady with ready=true."""
+        return await self._health(self._stub.ServerReady, self._pb.ServerReadyRequest(), "ready")
+
+    async def model_ready(self, op: str) -> bool:
+        """Whether one op (V2 model) is ready (ModelReady rpc)."""
+        return await self._health(self._stub.ModelReady, self._pb.ModelReadyRequest(name=op), "ready")
+
+    async def _health(self, method: Any, request: Any, field: str) -> bool:
+        try:
+            return bool(getattr(await method(request, timeout=self.timeout_s), field))
+        except grpc.RpcError:
+            return False
+
+    async def _call(self, method: Any, request: Any, deadline: Deadline) -> Any:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await method(request, timeout=deadline.check(), metadata=self._call_metadata)
+            except grpc.RpcError as exc:
+                error = _rpc_error(exc)
+            await asyncio.sleep(self._after_failure(error, attempt, deadline))
