@@ -9,9 +9,10 @@ same for all of them.
   Solo ops, vetoed requests, requests with shared tensors and large requests get a
   bucket of their own.
 - One dispatcher task serves the buckets oldest first. A bucket is sent when it is full
-  (rows or elements) or when its oldest request has waited ``max_queue_delay_us``; the
-  clock starts at that first arrival and waits are on an event with a timeout, never a
-  polling tick. A lone request with nothing to wait for is sent at once.
+  (rows or elements), when its oldest request has waited ``max_queue_delay_us``, or at
+  once when no batch is running (an idle device never waits for company: that would
+  only add latency). The clock starts at the first arrival; waits are on an event
+  (arrivals and finished batches set it) with a timeout, never a polling tick.
 - ``max_batches_in_flight`` batches run at once; while they run, arrivals pile into
   buckets, which is where batches grow under load.
 - The queue is bounded: a full queue refuses at submit time (``Overloaded``). A request
@@ -238,9 +239,9 @@ class DynamicBatcher:
         return bucket.solo or bucket.rows >= s.max_batch_rows or bucket.elements >= s.max_batch_elements
 
     def _next_ready(self, delay_s: float) -> tuple[Hashable, _Bucket] | float | None:
-        """The oldest bucket that may go now (solo, full, or its head has waited the
-        queue delay; anything while draining); else the seconds until the first one's
-        delay runs out, or None when nothing is queued.
+        """The oldest bucket that may go now (solo, full, its head has waited the queue
+        delay, or no batch is running; anything while draining); else the seconds until
+        the first one's delay runs out, or None when nothing is queued.
 
         Every bucket is looked at, not just the oldest: a bucket waiting for more
         arrivals must not hold back a full one or a solo request behind it.
@@ -254,7 +255,9 @@ class DynamicBatcher:
                 del self._buckets[key]
                 continue
             wait_s = head.enqueued_s + delay_s - now
-            if wait_s <= 0 or self._closed or self._is_full(bucket):
+            # An idle device takes work at once: waiting then only adds latency, and
+            # batches grow anyway from what arrives while a batch runs.
+            if wait_s <= 0 or self._closed or not self._in_flight or self._is_full(bucket):
                 return key, bucket
             soonest = wait_s if soonest is None else min(soonest, wait_s)
         return soonest
@@ -352,3 +355,5 @@ class DynamicBatcher:
         if task is not None:
             self._in_flight.discard(task)
         self._check_idle()
+        # A finished batch may leave the device idle: let the dispatcher look again.
+        self._arrival.set()

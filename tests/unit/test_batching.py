@@ -186,15 +186,43 @@ async def test_request_bigger_than_the_limits_runs_alone(make_batcher: Factory) 
 
 
 async def test_clock_starts_at_first_arrival_and_a_full_batch_goes_at_once(make_batcher: Factory) -> None:
-    _batcher, runner, engine = await make_batcher(max_batch_rows=4, max_queue_delay_us=HUGE_DELAY_US)
+    _batcher, runner, engine = await make_batcher(
+        max_batch_rows=4, max_queue_delay_us=HUGE_DELAY_US, max_batches_in_flight=2
+    )
+    hold = submit(engine, *HOLD)  # the device is busy, so a new arrival may wait
+    held = await runner.next_call()
     first = submit(engine, "relu", {"x": x(3, value=0)})
     await settle()
-    assert runner.no_call_waiting()  # alone and the delay is huge: it waits for company
+    assert runner.no_call_waiting()  # a slot is free, but the delay is huge: it waits for company
     rest = [submit(engine, "relu", {"x": x(3, value=i)}) for i in (1, 2, 3)]
     call = await runner.next_call()  # the batch filled: it went without waiting the delay
     assert values(call) == [0.0, 1.0, 2.0, 3.0]
     call.release.set()
-    await gather([first, *rest])
+    held.release.set()
+    await gather([hold, first, *rest])
+
+
+async def test_idle_device_takes_a_lone_request_at_once(make_batcher: Factory) -> None:
+    _batcher, runner, engine = await make_batcher(max_queue_delay_us=HUGE_DELAY_US)
+    task = submit(engine, "relu", {"x": x(3)})
+    call = await runner.next_call()  # nothing running: waiting would only add latency
+    assert len(call.tensors) == 1
+    call.release.set()
+    await gather([task])
+
+
+async def test_a_finished_batch_wakes_a_waiting_bucket(make_batcher: Factory) -> None:
+    _batcher, runner, engine = await make_batcher(max_queue_delay_us=HUGE_DELAY_US)
+    hold = submit(engine, *HOLD)
+    held = await runner.next_call()
+    waiting = submit(engine, "relu", {"x": x(3, value=4)})
+    await settle()
+    assert runner.no_call_waiting()
+    held.release.set()  # the device turns idle: the waiting request goes now
+    call = await runner.next_call()
+    assert values(call) == [4.0]
+    call.release.set()
+    await gather([hold, waiting])
 
 
 async def test_zero_delay_sends_a_lone_request_at_once(make_batcher: Factory) -> None:
@@ -210,6 +238,8 @@ async def test_a_waiting_bucket_does_not_hold_back_a_full_or_solo_one(make_batch
     _batcher, runner, engine = await make_batcher(
         max_batch_rows=2, max_queue_delay_us=HUGE_DELAY_US, max_batches_in_flight=4
     )
+    hold = submit(engine, *HOLD)  # keeps the device busy throughout
+    held = await runner.next_call()
     waiting = submit(engine, "sigmoid", {"x": x(3, value=9)})  # alone: waits for company
     solo = submit(engine, "regularization", {"weight": x(3, value=7)})
     call = await runner.next_call()
@@ -226,7 +256,8 @@ async def test_a_waiting_bucket_does_not_hold_back_a_full_or_solo_one(make_batch
     call = await runner.next_call()
     assert (call.op, values(call)) == ("sigmoid", [9.0, 8.0])
     call.release.set()
-    await gather([waiting, partner])
+    held.release.set()
+    await gather([hold, waiting, partner])
 
 
 # ------------------------------------------------------------------ errors
