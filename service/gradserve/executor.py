@@ -45,6 +45,7 @@ class Executor:
 
     def __init__(self, settings: Settings) -> None:
         self.device = resolve_device(settings.device)
+        self.large_request_elements = settings.large_request_elements
         torch.set_num_threads(settings.torch_threads)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gradserve-{self.device}")
 
@@ -87,7 +88,7 @@ class Executor:
     ) -> list[dict[str, torch.Tensor]]:
         if spec.family == "init":
             params = {**params, DEVICE_PARAM: str(self.device)}
-        batch = assemble(spec, tensors, params, want)
+        batch = assemble(spec, tensors, params, want, unpadded_above=self.large_request_elements)
         if self.device.type == "cuda":
             batch.tensors = {
                 k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.tensors.items()

@@ -32,11 +32,17 @@ from gradserve.ops.registry import Batch, OpSpec
 ELEMENT_ALIGN = 64
 
 
-def _pad_flat(t: torch.Tensor) -> torch.Tensor:
-    n = t.numel()
-    padded = -(-n // ELEMENT_ALIGN) * ELEMENT_ALIGN
-    out = t.new_zeros(padded)
-    out[:n] = t.reshape(-1)
+def _padded(n: int) -> int:
+    return -(-n // ELEMENT_ALIGN) * ELEMENT_ALIGN
+
+
+def _pad_cat(tensors: Sequence[torch.Tensor], sizes: Sequence[int]) -> torch.Tensor:
+    """Flatten, pad each to its size and concatenate: one allocation, one copy each."""
+    out = tensors[0].new_zeros(sum(sizes))
+    offset = 0
+    for t, size in zip(tensors, sizes, strict=True):
+        out[offset : offset + t.numel()] = t.reshape(-1)
+        offset += size
     return out
 
 
@@ -45,8 +51,14 @@ def assemble(
     requests: Sequence[Mapping[str, torch.Tensor]],
     params: Mapping[str, Any],
     want: frozenset[str],
+    *,
+    unpadded_above: int | None = None,
 ) -> Batch:
-    """Join the tensors of one or more requests that share op, params and outputs."""
+    """Join the tensors of one or more requests that share op, params and outputs.
+
+    ``unpadded_above``: a lone elementwise request with more elements than this is
+    never batched (the batcher's large-request rule), so it skips the padding copy.
+    """
     first = requests[0]
     if spec.batch_mode == "solo":
         if len(requests) != 1:
@@ -58,10 +70,14 @@ def assemble(
     tensors: dict[str, torch.Tensor] = {}
     if spec.batch_mode == "elementwise":
         primary = spec.inputs[0].name
-        rows: tuple[int, ...] = tuple(_pad_flat(r[primary]).numel() for r in requests)
+        numel = first[primary].numel()
+        if len(requests) == 1 and unpadded_above is not None and numel > unpadded_above:
+            flat = {name: t.reshape(-1) for name, t in first.items()}
+            return Batch(flat, params, want, (numel,))
+        rows: tuple[int, ...] = tuple(_padded(r[primary].numel()) for r in requests)
         for name in first:
             if spec.input_index.get(name) is None or spec.input_index[name].per_row:
-                tensors[name] = torch.cat([_pad_flat(r[name]) for r in requests])
+                tensors[name] = _pad_cat([r[name] for r in requests], rows)
             else:
                 tensors[name] = first[name]
         return Batch(tensors, params, want, rows)
