@@ -19,7 +19,8 @@ def test_elementwise_requests_are_padded_and_split_back() -> None:
     outs = disassemble(spec, spec.run(batch), reqs)
     for req, out in zip(reqs, outs, strict=True):
         assert out["y"].shape == req["x"].shape
-        assert torch.equal(out["y"], torch.sigmoid(req["x"]))
+        # Close, not bitwise: torch's own unpadded call rounds its scalar tail differently.
+        torch.testing.assert_close(out["y"], torch.sigmoid(req["x"]))
 
 
 def test_large_lone_request_is_not_copied() -> None:
