@@ -17,6 +17,7 @@ from starlette.responses import Response
 from gradserve import __version__
 from gradserve.config import Settings
 from gradserve.rest import errors, native, v2
+from gradserve.rest.fastpath import GradservApp
 from gradserve.runtime import Runtime
 
 
@@ -33,7 +34,7 @@ def create_app(runtime: Runtime | None = None, *, settings: Settings | None = No
             await rt.drain()
             rt.close()
 
-    app = FastAPI(
+    app = GradservApp(
         title="gradserve",
         version=__version__,
         description="Losses, activations, their gradients and weight initialization as a service.",
@@ -43,6 +44,10 @@ def create_app(runtime: Runtime | None = None, *, settings: Settings | None = No
     errors.install(app)
     app.include_router(native.build_router(rt.engine, rt.registry))
     app.include_router(v2.build_router(rt.engine, rt.registry))
+    app.set_fast_routes(
+        {family: native.infer_handler(rt.engine, rt.registry, family) for family in native.FAMILIES},
+        v2.infer_handler(rt.engine, rt.registry),
+    )
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")
     async def healthz() -> Response:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -39,32 +38,31 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it if the client disconnects first.
+    """Await ``work`` in this task, cancelling it if the client disconnects first.
 
-    After the body is read, the next ASGI message is ``http.disconnect``; waiting for
-    it (not polling) lets a queued request be dropped before it runs.
+    After the body is read, the next ASGI message is ``http.disconnect``; one watcher
+    task waits for it (no polling) and cancels this handler's task, so a queued request
+    is dropped before it runs. The work itself runs in the handler's own task: no
+    extra task or ``asyncio.wait`` per request on the hot path.
     """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    handler = asyncio.current_task()
+    assert handler is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        handler.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            raise ClientDisconnected("the client disconnected before its answer was ready")
-        return task.result()
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise  # cancelled from outside (shutdown): not ours to swallow
+        handler.uncancel()
+        raise ClientDisconnected("the client disconnected before its answer was ready") from None
     finally:
-        # Also when this handler is itself cancelled: the work must not outlive it.
-        if not task.done():
-            task.cancel()
         watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-
-
-async def _wait_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return

@@ -60,6 +60,15 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(request, 500, "internal", f"internal error (request id {request_id})")
 
 
+async def render_error(request: Request, exc: Exception) -> Response:
+    """The response for any exception out of a handler (the fast dispatch's handler)."""
+    if isinstance(exc, GradservError):
+        return await _gradserve_error(request, exc)
+    if isinstance(exc, HTTPException):
+        return await _http_error(request, exc)
+    return await _unexpected(request, exc)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(GradservError, _gradserve_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -7,6 +7,7 @@ model; all routes of a family share one handler. An op posted under the wrong fa
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -61,35 +62,43 @@ def split_body(
     return tensors, params, grad
 
 
+def infer_handler(
+    engine: Engine, registry: Registry, family: Family
+) -> Callable[[Request], Awaitable[Response]]:
+    """POST /v1/<family>/{op}. The app's fast dispatch calls it directly (rest/app.py)."""
+    settings = engine.settings
+
+    async def handle(request: Request) -> Response:
+        op = request.path_params["op"]
+        spec = registry.get(op, family)
+        body = parse_json_object(await read_body(request, settings.max_body_bytes))
+        tensors, params, grad = split_body(spec, body, settings.max_tensor_elements)
+        outputs = await until_disconnect(
+            request, engine.infer(op, tensors, params, grad=grad, family=family, transport="rest")
+        )
+        return Response(
+            dumps({name: encode_tensor(t) for name, t in outputs.items()}),
+            media_type="application/json",
+        )
+
+    return handle
+
+
 def build_router(engine: Engine, registry: Registry) -> APIRouter:
     """One route per op family. The per-op entries that /docs shows come from
     ``openapi_paths``: per-op routes would make every request scan ~40 path regexes."""
     router = APIRouter(prefix="/v1")
-    settings = engine.settings
 
     @router.get("/ops", summary="The op catalog", tags=["catalog"])
     async def ops() -> Response:
         return Response(dumps(catalog(registry)), media_type="application/json")
 
-    def make_handler(family: Family) -> Any:
-        async def handle(request: Request) -> Response:
-            op = request.path_params["op"]
-            spec = registry.get(op, family)
-            body = parse_json_object(await read_body(request, settings.max_body_bytes))
-            tensors, params, grad = split_body(spec, body, settings.max_tensor_elements)
-            outputs = await until_disconnect(
-                request, engine.infer(op, tensors, params, grad=grad, family=family, transport="rest")
-            )
-            return Response(
-                dumps({name: encode_tensor(t) for name, t in outputs.items()}),
-                media_type="application/json",
-            )
-
-        return handle
-
     for family in FAMILIES:
         router.add_api_route(
-            f"/{family}/{{op}}", make_handler(family), methods=["POST"], include_in_schema=False
+            f"/{family}/{{op}}",
+            infer_handler(engine, registry, family),
+            methods=["POST"],
+            include_in_schema=False,
         )
     return router
 

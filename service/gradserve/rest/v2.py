@@ -55,48 +55,20 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
-def build_router(engine: Engine, registry: Registry) -> APIRouter:
-    router = APIRouter(prefix="/v2", tags=["v2"])
+def _model(registry: Registry, request: Request) -> OpSpec:
+    """The op named in the path (404 if unknown), with its version checked."""
+    spec = registry.get(request.path_params["model"])
+    v2.check_version(spec, request.path_params.get("version"))
+    return spec
+
+
+def infer_handler(engine: Engine, registry: Registry) -> Callable[[Request], Awaitable[Response]]:
+    """POST /v2/models/{model}[/versions/{version}]/infer. The app's fast dispatch
+    calls it directly (rest/app.py), FastAPI's router only documents it."""
     settings = engine.settings
 
     def model(request: Request) -> OpSpec:
-        """The op named in the path (404 if unknown), with its version checked."""
-        spec = registry.get(request.path_params["model"])
-        v2.check_version(spec, request.path_params.get("version"))
-        return spec
-
-    def serving() -> bool:
-        return engine.ready and not engine.draining
-
-    def not_ready_reason() -> str:
-        return "server is draining" if engine.draining else "server is warming up"
-
-    @router.get("", summary="Server metadata")
-    async def server_metadata() -> Response:
-        return _json(v2.server_metadata())
-
-    @router.get("/health/live", summary="Server live")
-    async def live() -> Response:
-        return _json({"live": True})
-
-    @router.get("/health/ready", summary="Server ready (every op warm, not draining)")
-    async def ready() -> Response:
-        # tritonclient only checks for 200; the JSON body is for people and probes.
-        if serving():
-            return _json({"ready": True})
-        return _json({"ready": False, "error": not_ready_reason()}, 503)
-
-    async def model_metadata(request: Request) -> Response:
-        return _json(v2.model_metadata(model(request)))
-
-    async def model_ready(request: Request) -> Response:
-        spec = model(request)
-        if serving():
-            return _json({"name": spec.name, "ready": True})
-        return _json({"name": spec.name, "ready": False, "error": not_ready_reason()}, 503)
-
-    async def model_config(request: Request) -> Response:
-        return _json(v2.model_config(model(request)))
+        return _model(registry, request)
 
     async def infer(request: Request) -> Response:
         spec = model(request)  # 404 before reading a byte of the body
@@ -131,6 +103,50 @@ def build_router(engine: Engine, registry: Registry) -> APIRouter:
             media_type="application/octet-stream",
             headers={"Inference-Header-Content-Length": str(head_length)},
         )
+
+    return infer
+
+
+def build_router(engine: Engine, registry: Registry) -> APIRouter:
+    router = APIRouter(prefix="/v2", tags=["v2"])
+
+    def model(request: Request) -> OpSpec:
+        return _model(registry, request)
+
+    def serving() -> bool:
+        return engine.ready and not engine.draining
+
+    def not_ready_reason() -> str:
+        return "server is draining" if engine.draining else "server is warming up"
+
+    @router.get("", summary="Server metadata")
+    async def server_metadata() -> Response:
+        return _json(v2.server_metadata())
+
+    @router.get("/health/live", summary="Server live")
+    async def live() -> Response:
+        return _json({"live": True})
+
+    @router.get("/health/ready", summary="Server ready (every op warm, not draining)")
+    async def ready() -> Response:
+        # tritonclient only checks for 200; the JSON body is for people and probes.
+        if serving():
+            return _json({"ready": True})
+        return _json({"ready": False, "error": not_ready_reason()}, 503)
+
+    async def model_metadata(request: Request) -> Response:
+        return _json(v2.model_metadata(model(request)))
+
+    async def model_ready(request: Request) -> Response:
+        spec = model(request)
+        if serving():
+            return _json({"name": spec.name, "ready": True})
+        return _json({"name": spec.name, "ready": False, "error": not_ready_reason()}, 503)
+
+    async def model_config(request: Request) -> Response:
+        return _json(v2.model_config(model(request)))
+
+    infer = infer_handler(engine, registry)
 
     routes: list[tuple[str, Callable[[Request], Awaitable[Response]], str, str]] = [
         ("", model_metadata, "GET", "Model metadata"),
