@@ -88,13 +88,31 @@ def segment_sizes(values: Tensor, rows: tuple[int, ...]) -> list[int]:
 
 
 def segment_sums(values: Tensor, rows: tuple[int, ...]) -> Tensor:
-    """Per-request sums as a [len(rows)] vector.
+    """Per-request sums as a [len(rows)] vector, by a pairwise tree of elementwise adds.
 
-    Every request's elements are summed as their own contiguous slice, so the sum
-    sees the same numbers in the same layout whatever else is in the batch.
+    Each request's elements go in one row of a [requests, P] buffer (P a power of two
+    at least the largest request's size) padded with -0.0, which halves P times with
+    ``left + right``. An elementwise add rounds each element alone, and adding -0.0
+    is exact for every value (0.0 and -0.0 included), so halvings over padding change
+    nothing: a request's sum is bitwise the same whatever else shares the batch, and
+    the whole batch is summed in log2(P) kernel calls instead of one per request.
     """
-    pieces = torch.split(values.reshape(-1), segment_sizes(values, rows))
-    return torch.stack([piece.sum() for piece in pieces])
+    sizes = segment_sizes(values, rows)
+    flat = values.reshape(-1)
+    width = 1 << max(max(sizes) - 1, 0).bit_length()
+    buf = flat.new_full((len(sizes), width), -0.0)
+    if len(sizes) == 1 or all(size == sizes[0] for size in sizes):
+        buf[:, : sizes[0]] = flat.reshape(len(sizes), sizes[0])
+    else:
+        lengths = torch.tensor(sizes, device=flat.device)
+        starts = torch.cumsum(lengths, 0) - lengths
+        row = torch.repeat_interleave(torch.arange(len(sizes), device=flat.device), lengths)
+        column = torch.arange(flat.numel(), device=flat.device) - starts[row]
+        buf[row, column] = flat
+    while width > 1:
+        width //= 2
+        buf = buf[:, :width] + buf[:, width:]
+    return buf.reshape(-1)
 
 
 def count_denoms(values: Tensor, rows: tuple[int, ...]) -> Tensor:
@@ -240,6 +258,11 @@ def _check_class_indices(
             f"target: shape {_shape(target)} does not match {_shape(expected_shape)} "
             "(input's shape without the class dim 1)"
         )
+    if target.numel() == 0:
+        return
+    low, high = torch.aminmax(target)
+    if int(low) >= 0 and int(high) < classes:  # the common case, in one pass
+        return
     bad = (target < 0) | (target >= classes)
     if ignore_index is not None:
         bad &= target != ignore_index
