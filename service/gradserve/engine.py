@@ -9,6 +9,7 @@ scheduler. Transports never import kernels, the batcher or the executor.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -159,5 +160,11 @@ class Engine:
                 except GradservError as exc:
                     # Limits set below the examples' sizes: that op just stays cold.
                     log.warning("warm-up of %s skipped: %s", spec.name, exc.message)
+        # Everything built so far (modules, the registry, torch's state) lives as long
+        # as the process: move it out of the collector's sight, so the full
+        # collections that request garbage triggers do not rescan it (they showed as
+        # ~100 ms pauses in p99 latency under load).
+        gc.collect()
+        gc.freeze()
         self.ready = True
         log.info("warmed %d ops; ready", len(self.registry))
