@@ -154,9 +154,10 @@ def tensor_from_buffer(
 ) -> torch.Tensor:
     """Raw little-endian row-major bytes -> tensor; the size was checked by the caller.
 
-    A read-only buffer (the request body, a protobuf ``bytes``) is copied once into a
-    fresh, aligned ``bytearray``: torch must not alias memory it may not write, and a
-    slice of the body may be misaligned for its dtype. A writable buffer is used as is.
+    A writable buffer aligned for the dtype (a slice of the body that rest/body.py read
+    into an aligned buffer) becomes the tensor's memory: no copy. A read-only one (a
+    protobuf ``bytes``) or a misaligned one is copied once into a fresh ``bytearray``:
+    torch must not alias memory it may not write, nor read a dtype misaligned.
     """
     if len(buf) != count * dtype.itemsize:  # callers check; this keeps the function safe alone
         raise MalformedRequest(
@@ -166,8 +167,16 @@ def tensor_from_buffer(
         )
     if count == 0:
         return torch.empty(shape, dtype=dtype.torch)
-    writable = buf if isinstance(buf, bytearray) else bytearray(buf)
-    return torch.frombuffer(writable, dtype=dtype.torch, count=count).reshape(shape)
+    usable = isinstance(buf, bytearray) or (
+        isinstance(buf, memoryview) and not buf.readonly and _address(buf) % dtype.itemsize == 0
+    )
+    source = buf if usable else bytearray(buf)
+    return torch.frombuffer(source, dtype=dtype.torch, count=count).reshape(shape)
+
+
+def _address(view: memoryview) -> int:
+    """Where a buffer's first byte lives (numpy reads the pointer without a copy)."""
+    return int(np.frombuffer(view, dtype=np.uint8).ctypes.data)
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -300,7 +309,7 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     return length
 
 
-def decode_rest_request(body: bytes, header_length: str | None, max_elements: int) -> V2Request:
+def decode_rest_request(body: bytes | memoryview, header_length: str | None, max_elements: int) -> V2Request:
     """A POST .../infer body (JSON, or JSON header + binary tensor data) -> V2Request."""
     length = parse_header_length(header_length, len(body))
     view = memoryview(body)
@@ -398,8 +407,10 @@ def decode_rest_request(body: bytes, header_length: str | None, max_elements: in
 
 def encode_rest_response(
     model: str, request_id: str | None, outputs: Mapping[str, torch.Tensor], binary: Mapping[str, bool]
-) -> tuple[bytes, int | None]:
-    """Outputs (in answer order) -> (body, JSON header length or None for plain JSON)."""
+) -> tuple[list[bytes | memoryview], int | None]:
+    """Outputs (in answer order) -> (body parts, JSON header length or None for plain
+    JSON). The parts are the JSON header then each binary tensor's bytes as a view of
+    the tensor: written one after the other, never joined into a copy."""
     entries: list[dict[str, Any]] = []
     chunks: list[memoryview] = []
     for name, t in outputs.items():
@@ -419,8 +430,8 @@ def encode_rest_response(
     doc["outputs"] = entries
     head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
-        return head, None
-    return b"".join([head, *chunks]), len(head)
+        return [head], None
+    return [head, *chunks], len(head)
 
 
 # ---------------------------------------------------------------- gRPC

@@ -21,20 +21,47 @@ class ClientDisconnected(GradservError):
     kind = ErrorKind("client_disconnected", 499, grpc.StatusCode.CANCELLED)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing with 413 as soon as it is known to pass ``limit``:
-    from Content-Length before reading anything, or while streaming a chunked body."""
+# Binary tensor data starts this-aligned in the buffer read_body fills, so tensors can
+# alias the body (no copy) with every dtype's alignment met.
+BODY_ALIGN = 64
+
+
+async def read_body(request: Request, limit: int, *, align_offset: int = 0) -> memoryview:
+    """The whole body as a writable view, refusing with 413 as soon as it is known to
+    pass ``limit``: from Content-Length before reading anything, or while streaming a
+    chunked body.
+
+    With a Content-Length the body is copied once, chunk by chunk, into a buffer
+    allocated up front, placed so that byte ``align_offset`` (where V2 binary tensor
+    data starts) is ``BODY_ALIGN``-aligned.
+    """
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
+    if declared is not None and declared.isdigit():
+        size = int(declared)
         if size > limit:
+            raise RequestTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
+        pad = -align_offset % BODY_ALIGN if 0 <= align_offset <= size else 0
+        view = memoryview(bytearray(pad + size))[pad:]
+        filled = 0
+        async for chunk in request.stream():
+            end = filled + len(chunk)
+            if end > size:  # the HTTP parser stops this first; never write past the buffer
+                raise RequestTooLarge(f"request body is longer than its Content-Length of {size} bytes")
+            view[filled:end] = chunk
+            filled = end
+        return view[:filled]
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
             raise RequestTooLarge(f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    pad = -align_offset % BODY_ALIGN if 0 <= align_offset <= len(body) else 0
+    buf = bytearray(pad + len(body))
+    buf[pad:] = body
+    return memoryview(buf)[pad:]
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:

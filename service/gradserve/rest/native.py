@@ -26,7 +26,7 @@ from gradserve.rest.models import request_model
 FAMILIES: tuple[Family, ...] = ("activations", "losses", "init")
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
+def parse_json_object(body: bytes | memoryview) -> dict[str, Any]:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -18,6 +18,7 @@ import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gradserve.codecs import v2
 from gradserve.engine import Engine
@@ -35,7 +36,29 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=_JSON)
 
 
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+class PartsResponse(Response):
+    """A binary V2 answer sent as its parts (JSON header, then each tensor's bytes as
+    a view of the tensor), so a 16 MiB output is never copied into one joined body."""
+
+    def __init__(self, parts: list[bytes | memoryview], head_length: int) -> None:
+        super().__init__(
+            None,
+            media_type="application/octet-stream",
+            headers={
+                "Inference-Header-Content-Length": str(head_length),
+                "Content-Length": str(sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)),
+            },
+        )
+        self.parts = parts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        last = len(self.parts) - 1
+        for i, part in enumerate(self.parts):
+            await send({"type": "http.response.body", "body": part, "more_body": i < last})
+
+
+def _decompress(body: bytes | memoryview, encoding: str, limit: int) -> bytes:
     """A gzip/deflate body (tritonclient's request_compression_algorithm), within ``limit``
     once inflated: a small compressed body must not expand past the body limit."""
     wbits = _DECODERS.get(encoding.strip().lower())
@@ -74,7 +97,9 @@ def infer_handler(engine: Engine, registry: Registry) -> Callable[[Request], Awa
         spec = model(request)  # 404 before reading a byte of the body
         header = request.headers.get(_HEADER_LENGTH)
         limit = settings.max_binary_body_bytes if header is not None else settings.max_body_bytes
-        body = await read_body(request, limit)
+        # Binary tensor data starts right after the JSON header: have it land aligned.
+        align = int(header) if header is not None and header.strip().isdigit() else 0
+        body: bytes | memoryview = await read_body(request, limit, align_offset=align)
         encoding = request.headers.get("content-encoding")
         if encoding and encoding.strip().lower() != "identity":
             body = _decompress(body, encoding, limit)
@@ -93,16 +118,12 @@ def infer_handler(engine: Engine, registry: Registry) -> Callable[[Request], Awa
                 timeout_s=timeout_s,
             ),
         )
-        content, head_length = v2.encode_rest_response(
+        parts, head_length = v2.encode_rest_response(
             spec.name, req.id, outputs, req.binary_flags(list(outputs))
         )
         if head_length is None:
-            return Response(content, media_type=_JSON)
-        return Response(
-            content,
-            media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(head_length)},
-        )
+            return Response(parts[0], media_type=_JSON)
+        return PartsResponse(parts, head_length)
 
     return infer
 
