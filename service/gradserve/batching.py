@@ -134,8 +134,8 @@ class DynamicBatcher:
             self._task = None
         for bucket in self._buckets.values():
             for item in bucket.items:
-                if item.state == QUEUED and not item.future.done():
-                    item.future.set_exception(Unavailable("server stopped before this request ran"))
+                if item.state == QUEUED:
+                    self._forget(item, Unavailable("server stopped before this request ran"))
         self._buckets.clear()
 
     # -- submission ---------------------------------------------------------------
@@ -169,8 +169,6 @@ class DynamicBatcher:
         if self._closed:
             raise Unavailable("server is draining; retry on another replica")
         if self._pending >= self.settings.max_queue_size:
-            if self.metrics is not None:
-                self.metrics.rejected(request)
             raise Overloaded(
                 f"queue full ({self.settings.max_queue_size} requests waiting); retry later",
                 retry_after_s=1.0,
@@ -192,7 +190,7 @@ class DynamicBatcher:
         self._idle.clear()
         self._arrival.set()
         if self.metrics is not None:
-            self.metrics.set_pending(self._pending)
+            self.metrics.enqueued(request.spec.name)
         try:
             remaining = (request.deadline_s or float("inf")) - time.monotonic()
             done, _ = await asyncio.wait({item.future}, timeout=max(remaining, 0.0))
@@ -225,7 +223,7 @@ class DynamicBatcher:
         if error is not None and not item.future.done():
             item.future.set_exception(error)
         if self.metrics is not None:
-            self.metrics.set_pending(self._pending)
+            self.metrics.dequeued(item.request.spec.name)
         self._check_idle()
 
     def _check_idle(self) -> None:
@@ -313,8 +311,8 @@ class DynamicBatcher:
         if not queue and self._buckets.get(key) is bucket:
             del self._buckets[key]
         self._pending -= len(items)
-        if self.metrics is not None:
-            self.metrics.set_pending(self._pending)
+        if self.metrics is not None and items:
+            self.metrics.dequeued(items[0].request.spec.name, len(items))
         return items
 
     async def _run_batch(self, items: list[_Item]) -> None:

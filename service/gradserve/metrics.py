@@ -1,105 +1,138 @@
-"""Prometheus metrics, defined once, named in the style of Triton's nv_inference_*.
+"""Prometheus metrics at /metrics, named as Triton names them.
 
 Flow position: the engine records each request's outcome and duration; the batcher
-records queue waits, batch sizes and compute time. Each server builds its own
-``Metrics`` on its own registry, so tests can run several apps in one process.
+records queue waits, batch sizes, compute time and the queue's depth.
+
+Triton's own series are exposed under Triton's exact names and types, so dashboards
+and perf_analyzer's scrapes written for Triton read them unchanged: counters without
+a ``_total`` suffix (``nv_inference_request_success``, ...), cumulative microsecond
+counters (``nv_inference_request_duration_us``, ...) and the pending-request gauge.
+prometheus_client always renders counters as ``<name>_total``, so these few are
+rendered here by hand. The distributions Triton has no series for (latency and batch
+size histograms) come from prometheus_client under ``nv_inference_*`` names of their
+own. Metrics are only touched from the event loop, so plain dicts need no lock.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from collections import defaultdict
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.utils import floatToGoString
 
 from gradserve.engine import OpRequest
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 VERSION = "1"
 # Microsecond buckets from 50 us to 10 s: small kernels sit at the low end.
 _US_BUCKETS = (
-    50,
-    100,
-    250,
-    500,
-    1_000,
-    2_500,
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    1_000_000,
-    10_000_000,
-)
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 10_000_000,
+)  # fmt: skip
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+class _Series:
+    """One Triton-style counter or gauge family: exact name, labelled values."""
+
+    def __init__(self, name: str, kind: str, doc: str, labels: Sequence[str]) -> None:
+        self.name, self.kind, self.doc, self.labels = name, kind, doc, tuple(labels)
+        self.values: defaultdict[tuple[str, ...], float] = defaultdict(float)
+
+    def add(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        self.values[labels] += amount
+
+    def render(self, out: list[str]) -> None:
+        out.append(f"# HELP {self.name} {self.doc}\n# TYPE {self.name} {self.kind}\n")
+        for labels, value in self.values.items():
+            pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(self.labels, labels, strict=True))
+            out.append(
+                f"{self.name}{{{pairs}}} {floatToGoString(value)}\n"
+                if pairs
+                else f"{self.name} {floatToGoString(value)}\n"
+            )
+
+
 class Metrics:
-    """Collectors for one server."""
+    """The collectors of one server (each server its own, so tests can run several)."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.success = Counter(
-            "nv_inference_request_success",
-            "Requests answered with a result, by op (model) and transport.",
+        s = _Series
+        self.success = s(
+            "nv_inference_request_success", "counter",
+            "Requests answered with a result, by op (model) and transport (rest, v2, grpc).",
             ["model", "version", "transport"],
-            registry=r,
-        )
-        self.failure = Counter(
-            "nv_inference_request_failure",
-            "Requests answered with an error, by reason (the error code: queue_full, timeout, "
-            "invalid_input, ...).",
+        )  # fmt: skip
+        self.failure = s(
+            "nv_inference_request_failure", "counter",
+            "Requests answered with an error, by reason: the error code (queue_full, timeout, "
+            "invalid_input, op_not_found, unavailable, cancelled, ...).",
             ["model", "version", "transport", "reason"],
-            registry=r,
-        )
-        self.count = Counter(
+        )  # fmt: skip
+        self.count = s(
             "nv_inference_count",
+            "counter",
             "Requests computed (one per request in a batch).",
             ["model", "version"],
-            registry=r,
         )
-        self.exec_count = Counter(
-            "nv_inference_exec_count", "Kernel calls (one per batch).", ["model", "version"], registry=r
+        self.exec_count = s(
+            "nv_inference_exec_count", "counter", "Kernel calls (one per batch).", ["model", "version"]
         )
-        self.pending = Gauge(
-            "nv_inference_pending_request_count", "Requests waiting in the queue.", registry=r
-        )
-        self.request_us = Histogram(
-            "nv_inference_request_duration_us",
-            "Time from arrival at the engine to the answer, microseconds.",
+        self.request_us = s(
+            "nv_inference_request_duration_us", "counter",
+            "Cumulative time from arrival at the engine to the answer, microseconds.",
             ["model", "version", "transport"],
-            buckets=_US_BUCKETS,
-            registry=r,
-        )
-        self.queue_us = Histogram(
-            "nv_inference_queue_duration_us",
+        )  # fmt: skip
+        self.queue_us = s(
+            "nv_inference_queue_duration_us", "counter",
+            "Cumulative time requests waited in the batcher's queue, microseconds.",
+            ["model", "version"],
+        )  # fmt: skip
+        self.compute_us = s(
+            "nv_inference_compute_infer_duration_us", "counter",
+            "Cumulative kernel time (assembly, kernel, split) of the batches requests ran in, microseconds.",
+            ["model", "version"],
+        )  # fmt: skip
+        self.pending = s(
+            "nv_inference_pending_request_count", "gauge",
+            "Requests waiting in the batcher's queue, by op.", ["model", "version"],
+        )  # fmt: skip
+        self._series = (
+            self.success, self.failure, self.count, self.exec_count,
+            self.request_us, self.queue_us, self.compute_us, self.pending,
+        )  # fmt: skip
+
+        # Triton has no *_created series; nor do we (a process-wide switch of the library).
+        disable_created_metrics()
+        self.registry = r = CollectorRegistry()
+        self.request_hist = Histogram(
+            "nv_inference_request_duration_histogram_us",
+            "Time from arrival at the engine to the answer, microseconds.",
+            ["model", "version", "transport"], buckets=_US_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_hist = Histogram(
+            "nv_inference_queue_duration_histogram_us",
             "Time a request waited in the batcher's queue, microseconds.",
-            ["model", "version"],
-            buckets=_US_BUCKETS,
-            registry=r,
-        )
-        self.compute_us = Histogram(
-            "nv_inference_compute_infer_duration_us",
-            "Kernel time of the batch a request ran in (assembly, kernel, split), microseconds.",
-            ["model", "version"],
-            buckets=_US_BUCKETS,
-            registry=r,
-        )
+            ["model", "version"], buckets=_US_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.compute_hist = Histogram(
+            "nv_inference_compute_infer_duration_histogram_us",
+            "Kernel time of the batch a request ran in, microseconds.",
+            ["model", "version"], buckets=_US_BUCKETS, registry=r,
+        )  # fmt: skip
         self.batch_rows = Histogram(
             "nv_inference_batch_size_rows",
             "Rows (dim 0, or requests for elementwise ops) per kernel call.",
-            ["model", "version"],
-            buckets=_SIZE_BUCKETS,
-            registry=r,
-        )
+            ["model", "version"], buckets=_SIZE_BUCKETS, registry=r,
+        )  # fmt: skip
         self.batch_requests = Histogram(
-            "nv_inference_batch_size_requests",
-            "Requests per kernel call.",
-            ["model", "version"],
-            buckets=_SIZE_BUCKETS,
-            registry=r,
-        )
+            "nv_inference_batch_size_requests", "Requests per kernel call.",
+            ["model", "version"], buckets=_SIZE_BUCKETS, registry=r,
+        )  # fmt: skip
         self.gpu_memory_used = Gauge(
             "nv_gpu_memory_used_bytes",
             "Device memory allocated by torch (CUDA only).",
@@ -110,29 +143,34 @@ class Metrics:
             "nv_gpu_memory_total_bytes", "Device memory in total (CUDA only).", ["gpu_uuid"], registry=r
         )
 
+    # -- recording ------------------------------------------------------------------
+
     def answered(self, op: str, transport: str, outcome: str, duration_s: float) -> None:
         if outcome == "success":
-            self.success.labels(op, VERSION, transport).inc()
+            self.success.add((op, VERSION, transport))
         else:
-            self.failure.labels(op, VERSION, transport, outcome).inc()
-        self.request_us.labels(op, VERSION, transport).observe(duration_s * 1e6)
+            self.failure.add((op, VERSION, transport, outcome))
+        self.request_us.add((op, VERSION, transport), duration_s * 1e6)
+        self.request_hist.labels(op, VERSION, transport).observe(duration_s * 1e6)
 
-    def rejected(self, request: OpRequest) -> None:
-        """Counted by ``answered`` with reason queue_full; nothing extra to record."""
+    def enqueued(self, op: str) -> None:
+        self.pending.add((op, VERSION), 1)
 
-    def set_pending(self, pending: int) -> None:
-        self.pending.set(pending)
+    def dequeued(self, op: str, count: int = 1) -> None:
+        self.pending.add((op, VERSION), -count)
 
     def batch(self, op: str, requests: int, rows: int, compute_s: float) -> None:
-        self.exec_count.labels(op, VERSION).inc()
-        self.count.labels(op, VERSION).inc(requests)
+        self.exec_count.add((op, VERSION))
+        self.count.add((op, VERSION), requests)
         self.batch_rows.labels(op, VERSION).observe(rows)
         self.batch_requests.labels(op, VERSION).observe(requests)
 
     def queued(self, request: OpRequest, queue_s: float, compute_s: float) -> None:
         op = request.spec.name
-        self.queue_us.labels(op, VERSION).observe(queue_s * 1e6)
-        self.compute_us.labels(op, VERSION).observe(compute_s * 1e6)
+        self.queue_us.add((op, VERSION), queue_s * 1e6)
+        self.compute_us.add((op, VERSION), compute_s * 1e6)
+        self.queue_hist.labels(op, VERSION).observe(queue_s * 1e6)
+        self.compute_hist.labels(op, VERSION).observe(compute_s * 1e6)
 
     def refresh_device(self, device: str) -> None:
         """Read CUDA memory just before a scrape (cheap; nothing to do on CPU)."""
@@ -146,4 +184,7 @@ class Metrics:
         self.gpu_memory_total.labels(uuid).set(torch.cuda.get_device_properties(index).total_memory)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        out: list[str] = []
+        for series in self._series:
+            series.render(out)
+        return "".join(out).encode() + generate_latest(self.registry)

@@ -141,8 +141,8 @@ async def test_client_timeout_fires(server: ServerProcess, kind: str) -> None:
 async def _queue_is_full(http: httpx.AsyncClient) -> bool:
     """Whether the busy server's one queue slot is taken, per its pending-requests gauge."""
     metrics = (await http.get("/metrics")).text
-    found = re.search(r"^nv_inference_pending_request_count (\S+)$", metrics, re.MULTILINE)
-    return found is not None and float(found.group(1)) >= 1
+    found = re.findall(r"^nv_inference_pending_request_count(?:\{[^}]*\})? (\S+)$", metrics, re.MULTILINE)
+    return sum(float(v) for v in found) >= 1
 
 
 @asynccontextmanager

@@ -139,9 +139,7 @@ async def test_concurrent_mixed_requests_answer_as_if_alone(server: ServerProces
     single = metric_total(after, "nv_inference_batch_size_requests_bucket", le="1.0") - metric_total(
         before, "nv_inference_batch_size_requests_bucket", le="1.0"
     )
-    computed = metric_total(after, "nv_inference_count_total") - metric_total(
-        before, "nv_inference_count_total"
-    )
+    computed = metric_total(after, "nv_inference_count") - metric_total(before, "nv_inference_count")
     assert computed == N_REQUESTS
     assert calls - single > 0, "no batch of more than one request"
     assert calls < N_REQUESTS

@@ -4,6 +4,7 @@ are refused (queue full) or are dropped because their client left."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 
 import httpx
@@ -24,9 +25,23 @@ SERIES = (
     "nv_inference_request_duration_us",
     "nv_inference_queue_duration_us",
     "nv_inference_compute_infer_duration_us",
+    "nv_inference_request_duration_histogram_us",
+    "nv_inference_queue_duration_histogram_us",
+    "nv_inference_compute_infer_duration_histogram_us",
     "nv_inference_batch_size_rows",
     "nv_inference_batch_size_requests",
 )
+# Triton's own series: exact names and types, counters without a _total suffix.
+TRITON_TYPES = {
+    "nv_inference_request_success": "counter",
+    "nv_inference_request_failure": "counter",
+    "nv_inference_count": "counter",
+    "nv_inference_exec_count": "counter",
+    "nv_inference_request_duration_us": "counter",
+    "nv_inference_queue_duration_us": "counter",
+    "nv_inference_compute_infer_duration_us": "counter",
+    "nv_inference_pending_request_count": "gauge",
+}
 
 
 async def test_series_exist_and_move(server: ServerProcess) -> None:
@@ -35,8 +50,10 @@ async def test_series_exist_and_move(server: ServerProcess) -> None:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
         families = {f.name for f in text_string_to_metric_families(response.text)}
-        # Counters are exposed the Prometheus way, as <name>_total samples.
         assert set(SERIES) <= families, set(SERIES) - families
+        for name, kind in TRITON_TYPES.items():
+            assert f"# TYPE {name} {kind}\n" in response.text
+        assert not re.search(r"^\w+_(total|created)[{ ]", response.text, re.MULTILINE)
         before = await scrape(client)
         for i in range(3):
             status, _ = await send_native(
@@ -55,16 +72,16 @@ async def test_series_exist_and_move(server: ServerProcess) -> None:
         return metric_total(after, name, **labels) - metric_total(before, name, **labels)
 
     tanh = {"model": "tanh"}
-    assert moved("nv_inference_request_success_total", transport="rest", **tanh) == 3
-    assert moved("nv_inference_request_success_total", transport="v2", **tanh) == 1
-    assert moved("nv_inference_request_failure_total", model="cross_entropy", reason="invalid_input") == 1
-    assert moved("nv_inference_count_total", **tanh) == 4
-    assert 1 <= moved("nv_inference_exec_count_total", **tanh) <= 4
-    assert moved("nv_inference_request_duration_us_count", **tanh) == 4
-    assert moved("nv_inference_request_duration_us_sum", **tanh) > 0
-    assert moved("nv_inference_queue_duration_us_count", **tanh) == 4
-    assert moved("nv_inference_compute_infer_duration_us_count", **tanh) == 4
-    assert moved("nv_inference_compute_infer_duration_us_sum", **tanh) > 0
+    assert moved("nv_inference_request_success", transport="rest", **tanh) == 3
+    assert moved("nv_inference_request_success", transport="v2", **tanh) == 1
+    assert moved("nv_inference_request_failure", model="cross_entropy", reason="invalid_input") == 1
+    assert moved("nv_inference_count", **tanh) == 4
+    assert 1 <= moved("nv_inference_exec_count", **tanh) <= 4
+    assert moved("nv_inference_request_duration_histogram_us_count", **tanh) == 4
+    assert moved("nv_inference_request_duration_us", **tanh) > 0
+    assert moved("nv_inference_queue_duration_histogram_us_count", **tanh) == 4
+    assert moved("nv_inference_compute_infer_duration_histogram_us_count", **tanh) == 4
+    assert moved("nv_inference_compute_infer_duration_us", **tanh) > 0
     assert moved("nv_inference_batch_size_requests_sum", **tanh) == 4
     # Rows: dim 0 for rows ops, one per request for elementwise ops (tanh).
     assert moved("nv_inference_batch_size_rows_sum", **tanh) == 4
@@ -86,8 +103,8 @@ async def test_queue_full_is_429_and_counted(server_factory: Callable[..., Serve
         assert all(r.headers.get("retry-after") for r in refused)
         assert all("queue full" in r.json()["error"] for r in refused)
         samples = await scrape(client)
-    assert metric_total(samples, "nv_inference_request_failure_total", reason="queue_full") == len(refused)
-    assert metric_total(samples, "nv_inference_count_total", model="orthogonal") == 8 - len(refused)
+    assert metric_total(samples, "nv_inference_request_failure", reason="queue_full") == len(refused)
+    assert metric_total(samples, "nv_inference_count", model="orthogonal") == 8 - len(refused)
 
 
 @pytest.mark.timeout(60)
@@ -107,11 +124,11 @@ async def test_client_that_gives_up_while_queued_is_dropped(
             assert response.status_code == 200
         # The server noticed the disconnect and dropped the queued request: it never ran.
         await wait_for_metric(
-            client, "nv_inference_request_failure_total", lambda v: v == 1, model="relu", reason="cancelled"
+            client, "nv_inference_request_failure", lambda v: v == 1, model="relu", reason="cancelled"
         )
         samples = await scrape(client)
-    assert metric_total(samples, "nv_inference_count_total", model="relu") == 0
-    assert metric_total(samples, "nv_inference_request_success_total", model="relu") == 0
-    assert metric_total(samples, "nv_inference_count_total", model="orthogonal") == 10
+    assert metric_total(samples, "nv_inference_count", model="relu") == 0
+    assert metric_total(samples, "nv_inference_request_success", model="relu") == 0
+    assert metric_total(samples, "nv_inference_count", model="orthogonal") == 10
     assert metric_total(samples, "nv_inference_pending_request_count") == 0
     assert "Traceback" not in server.log()

@@ -129,11 +129,14 @@ async def send_grpc(stub: Any, case: Case) -> tuple[int, bytes]:
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """/metrics text -> {(sample name, sorted labels): value}."""
+    """/metrics text -> {(sample name, sorted labels): value}, under the names served
+    (the parser renames counter samples to <name>_total; gradserve serves Triton's
+    names, without the suffix)."""
     out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            name = sample.name.removesuffix("_total") if family.type == "counter" else sample.name
+            out[(name, tuple(sorted(sample.labels.items())))] = sample.value
     return out
 
 
