@@ -19,7 +19,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.utils import floatToGoString
 
 from gradserve.engine import OpRequest
 
@@ -30,6 +29,15 @@ _US_BUCKETS = (
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 10_000_000,
 )  # fmt: skip
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def _number(value: float) -> str:
+    """Prometheus' spelling of a sample value (``1.0``, ``+Inf``, ``NaN``)."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
 
 
 def _escape(value: str) -> str:
@@ -51,9 +59,7 @@ class _Series:
         for labels, value in self.values.items():
             pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(self.labels, labels, strict=True))
             out.append(
-                f"{self.name}{{{pairs}}} {floatToGoString(value)}\n"
-                if pairs
-                else f"{self.name} {floatToGoString(value)}\n"
+                f"{self.name}{{{pairs}}} {_number(value)}\n" if pairs else f"{self.name} {_number(value)}\n"
             )
 
 
@@ -107,7 +113,7 @@ class Metrics:
         )  # fmt: skip
 
         # Triton has no *_created series; nor do we (a process-wide switch of the library).
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = r = CollectorRegistry()
         self.request_hist = Histogram(
             "nv_inference_request_duration_histogram_us",
