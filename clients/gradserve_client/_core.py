@@ -574,16 +574,29 @@ def _decode_typed_contents(name: str, datatype: str, shape: Sequence[int], conte
     return np.asarray(list(getattr(contents, field_name)), dtype=_V2_TO_NUMPY[datatype]).reshape(tuple(shape))
 
 
-def grpc_error(code: str, details: str) -> GradservError:
-    """A gRPC status -> its exception.
+# The trailing-metadata key in which gradserve names the error (its error code).
+ERROR_CODE_KEY = "gradserve-error-code"
+_EXHAUSTED_BY_CODE: dict[str, type[GradservError]] = {
+    "queue_full": OverloadedError,
+    "request_too_large": TooLargeError,
+    "device_out_of_memory": ServerError,
+}
+
+
+def grpc_error(code: str, details: str, error_code: str | None = None) -> GradservError:
+    """A gRPC status (and gradserve's error code from the trailers) -> its exception.
 
     RESOURCE_EXHAUSTED means two things on gradserve: a full queue (retry) and a
-    request over a size limit (never retry: it would fail the same way). The server's
-    message tells them apart ("queue full ..."); anything else is treated as too large.
+    request over a size limit (never retry: it would fail the same way). The
+    ``gradserve-error-code`` trailer tells them apart; without it (another server, a
+    proxy that drops trailers) the message does ("queue full ..."), and anything else
+    is treated as too large.
     """
     message = details or code
     cls: type[GradservError]
-    if code == "RESOURCE_EXHAUSTED":
+    if code == "RESOURCE_EXHAUSTED" and error_code in _EXHAUSTED_BY_CODE:
+        cls = _EXHAUSTED_BY_CODE[error_code]
+    elif code == "RESOURCE_EXHAUSTED":
         if "queue full" in message.lower():
             cls = OverloadedError
         elif "out of memory" in message.lower():

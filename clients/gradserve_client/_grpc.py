@@ -113,7 +113,10 @@ class _GrpcCommon:
 def _rpc_error(exc: grpc.RpcError) -> GradservError:
     call: Any = exc  # grpc.RpcError raised by a call is also a grpc.Call
     code = call.code()
-    return _core.grpc_error(code.name if code is not None else "UNKNOWN", call.details() or "")
+    trailers = dict(call.trailing_metadata() or ())
+    return _core.grpc_error(
+        code.name if code is not None else "UNKNOWN", call.details() or "", trailers.get(_core.ERROR_CODE_KEY)
+    )
 
 
 class GrpcClient(_GrpcCommon):

@@ -69,6 +69,21 @@ def test_grpc_code_table(code: str, details: str, cls: type[errors.GradservError
     assert type(error) is cls and error.grpc_code == code and error.message == details
 
 
+@pytest.mark.parametrize(
+    ("error_code", "cls"),
+    [
+        ("queue_full", errors.OverloadedError),
+        ("request_too_large", errors.TooLargeError),
+        ("device_out_of_memory", errors.ServerError),
+    ],
+)
+def test_resource_exhausted_follows_the_error_code_trailer(
+    error_code: str, cls: type[errors.GradservError]
+) -> None:
+    # The trailer wins over the message: no parsing needed.
+    assert type(grpc_error("RESOURCE_EXHAUSTED", "whatever", error_code)) is cls
+
+
 def test_only_overload_and_unavailability_are_retryable() -> None:
     retryable = {c for c in vars(errors).values() if isinstance(c, type) and getattr(c, "retryable", False)}
     assert retryable == {errors.OverloadedError, errors.UnavailableError}

@@ -31,6 +31,9 @@ from gradserve.ops.registry import OpSpec, Registry
 
 log = logging.getLogger(__name__)
 
+# Trailing-metadata key carrying the error's code (errors.py: queue_full, request_too_large, ...).
+ERROR_CODE_KEY = "gradserve-error-code"
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
@@ -44,15 +47,18 @@ def mapped_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await method(self, request, context)
         except GradservError as exc:
-            code, message = exc.grpc_code, exc.message
+            code, message, error_code = exc.grpc_code, exc.message, exc.kind.code
         except asyncio.CancelledError:
             raise  # the client went away: let the engine and batcher see it
         except Exception:
             request_id = uuid.uuid4().hex[:12]
             log.exception("gRPC request %s (%s) failed", request_id, method.__name__)
             code, message = grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+            error_code = "internal"
+        # RESOURCE_EXHAUSTED covers both a full queue (retry) and a request over a limit
+        # (do not): the error code in the trailers tells clients which, no message parsing.
         # abort() raises; it is outside the try so its exception is not remapped.
-        await context.abort(code, message)
+        await context.abort(code, message, trailing_metadata=((ERROR_CODE_KEY, error_code),))
         raise AssertionError("unreachable")  # pragma: no cover - abort always raises
 
     return wrapper
