@@ -149,10 +149,10 @@ class Engine:
 
     async def warm_up(self, runner: Runner) -> None:
         """Run every op once (with and without gradients) on the device, then turn ready."""
-        from gradserve.warmup import EXAMPLES
+        from gradserve.warmup import example
 
         for spec in self.registry:
-            tensors, params = EXAMPLES[spec.name]()
+            tensors, params = example(spec)
             for grad in (False, True):
                 try:
                     req = self.prepare(spec.name, tensors, params, grad=grad)

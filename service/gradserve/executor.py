@@ -20,11 +20,9 @@ import torch
 from gradserve.config import Settings
 from gradserve.errors import DeviceOutOfMemory, GradservError, InternalError
 from gradserve.ops.layout import assemble, disassemble
-from gradserve.ops.registry import OpSpec
+from gradserve.ops.registry import DEVICE_PARAM, OpSpec
 
 log = logging.getLogger(__name__)
-
-DEVICE_PARAM = "__device__"  # injected into init ops' params: where to draw weights
 
 
 def resolve_device(name: str) -> torch.device:

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from gradserve.ops.registry import OpSpec
+
 Example = tuple[dict[str, torch.Tensor], dict[str, Any]]
 
 
@@ -63,25 +65,9 @@ def _init() -> Example:
     return {}, {"shape": [4, 3], "seed": 0}
 
 
-EXAMPLES: dict[str, Callable[[], Example]] = {
-    **{
-        name: _activation
-        for name in [
-            "sigmoid",
-            "tanh",
-            "relu",
-            "leaky_relu",
-            "prelu",
-            "elu",
-            "selu",
-            "gelu",
-            "silu",
-            "softplus",
-            "mish",
-            "softmax",
-            "log_softmax",
-        ]
-    },
+# Ops whose example is their own; every other activation takes one x, and every init
+# op a shape and a seed.
+_BY_OP: dict[str, Callable[[], Example]] = {
     "maxout": _maxout,
     "l1": _pair,
     "mse": _pair,
@@ -95,19 +81,11 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
     "hinge": _classes,
     "regularization": lambda: ({"weight": _x()}, {}),
     "full_loss": _full_loss,
-    **{
-        name: _init
-        for name in [
-            "zeros",
-            "constant",
-            "normal",
-            "uniform",
-            "xavier_normal",
-            "xavier_uniform",
-            "kaiming_normal",
-            "kaiming_uniform",
-            "orthogonal",
-            "trunc_normal",
-        ]
-    },
 }
+
+
+def example(spec: OpSpec) -> Example:
+    """A small valid request (tensors, params) for ``spec``."""
+    if spec.name in _BY_OP:
+        return _BY_OP[spec.name]()
+    return _init() if spec.family == "init" else _activation()

@@ -17,7 +17,7 @@ from gradserve.executor import Executor
 from gradserve.ops import build_registry
 from gradserve.ops.registry import OpSpec
 from gradserve.validation import resolve_outputs, validate_params, validate_tensors
-from gradserve.warmup import EXAMPLES
+from gradserve.warmup import example
 from tests.conftest import ServerProcess
 
 pytestmark = [
@@ -40,7 +40,7 @@ def executors() -> Iterator[tuple[Executor, Executor]]:
 
 
 def _prepared(spec: OpSpec, grad: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any], frozenset[str]]:
-    tensors, params = EXAMPLES[spec.name]()
+    tensors, params = example(spec)
     params = validate_params(spec, params, lenient=False, ignore_unknown=False, max_elements=1 << 24)
     checked = validate_tensors(spec, tensors, max_elements=1 << 24)
     return checked, params, frozenset(resolve_outputs(spec, checked, None, grad))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from gradserve.codecs.native import encode_tensor
 from gradserve.ops import build_registry
-from gradserve.warmup import EXAMPLES
+from gradserve.warmup import example
 
 REGISTRY = build_registry()
 
@@ -40,7 +40,7 @@ def _tensor(value: dict[str, object]) -> torch.Tensor:
 @pytest.mark.parametrize("op", REGISTRY.names())
 async def test_every_op_answers_with_and_without_grad(app_client: httpx.AsyncClient, op: str) -> None:
     spec = REGISTRY.get(op)
-    tensors, params = EXAMPLES[op]()
+    tensors, params = example(spec)
     for grad in (False, True):
         body = {**_body(tensors), **params}
         if spec.grad_outputs:

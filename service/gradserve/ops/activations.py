@@ -11,7 +11,7 @@ is ever built, and the float64 answers match torch's own VJPs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,15 +24,15 @@ from gradserve.ops.registry import (
     Batch,
     Kernel,
     OpSpec,
+    Outputs,
     OutputSpec,
+    Params,
     ParamSpec,
     TensorSpec,
     split_rows,
 )
 
 Tensor = torch.Tensor
-Params = Mapping[str, Any]
-Outputs = list[dict[str, Tensor]]
 
 # torch.nn.functional.selu's constants (selu is elu with these alpha and scale).
 SELU_ALPHA = 1.6732632423543772848170429916717

@@ -25,10 +25,9 @@ import torch
 
 from gradserve.errors import InvalidInput
 from gradserve.ops.numerics import compute_dtype
-from gradserve.ops.registry import Batch, Checker, Kernel, OpSpec, OutputSpec, ParamSpec
+from gradserve.ops.registry import DEVICE_PARAM, Batch, Checker, Kernel, OpSpec, OutputSpec, ParamSpec
 
 # Injected by the engine: where the weight is drawn (e.g. "cpu", "cuda:0").
-DEVICE_PARAM = "__device__"
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

@@ -23,9 +23,8 @@ bitwise on batches large enough to be split across threads.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,15 +35,15 @@ from gradserve.ops.registry import (
     Batch,
     Kernel,
     OpSpec,
+    Outputs,
     OutputSpec,
+    Params,
     ParamSpec,
     TensorSpec,
     split_rows,
 )
 
 Tensor = torch.Tensor
-Params = Mapping[str, Any]
-Outputs = list[dict[str, Tensor]]
 
 REDUCTIONS = ("mean", "sum", "none")
 KL_REDUCTIONS = ("mean", "batchmean", "sum", "none")

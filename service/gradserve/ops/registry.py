@@ -85,7 +85,11 @@ class Batch:
     rows: tuple[int, ...]
 
 
-Kernel = Callable[[Batch], list[dict[str, torch.Tensor]]]
+Params = Mapping[str, Any]
+Outputs = list[dict[str, torch.Tensor]]  # one dict per request of a batch
+Kernel = Callable[[Batch], Outputs]
+# A private param the executor adds to init ops: the device to draw weights on.
+DEVICE_PARAM = "__device__"
 # Op-specific checks run at validation time, after generic dtype/param checks:
 # relations between shapes, index ranges, value domains. They raise InvalidInput.
 Checker = Callable[[dict[str, torch.Tensor], Mapping[str, Any]], None]

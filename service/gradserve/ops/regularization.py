@@ -16,20 +16,15 @@ weights, which no regularizer means, so it answers 422 rather than a silent surp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
 from gradserve.errors import InvalidInput
 from gradserve.ops.losses import autograd_ready, multiclass_hinge
 from gradserve.ops.numerics import upcast
-from gradserve.ops.registry import Batch, OpSpec, OutputSpec, ParamSpec, TensorSpec
+from gradserve.ops.registry import Batch, OpSpec, Outputs, OutputSpec, Params, ParamSpec, TensorSpec
 
 Tensor = torch.Tensor
-Params = Mapping[str, Any]
-Outputs = list[dict[str, Tensor]]
 
 PENALTY_KINDS = ("l2", "l1")
 
