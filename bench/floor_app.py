@@ -36,7 +36,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gradserve.bench import LARGE_OP, SMALL_OP, run_large_op, run_small_op
+from gradserve.bench.workloads import LARGE_OP, NOOP_PREFIX, SMALL_OP, run_large_op, run_small_op
 
 # torch.frombuffer on the (read-only) request bytes: the ops never write their inputs.
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
@@ -77,7 +77,6 @@ DEFAULT_MODELS: dict[str, dict[str, Any]] = {
 }
 
 NOOP_RESPONSE = b'{"model_name":"noop","outputs":[]}'
-NOOP_PREFIX = "noop_"
 
 
 def with_noops(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

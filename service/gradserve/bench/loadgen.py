@@ -1,0 +1,232 @@
+"""The Python load generator: spawned worker processes, each a uvloop loop of minimal
+keep-alive HTTP/1.1 connections ("py-http") or grpc.aio calls, closed loops sharing the
+concurrency; latencies of the measured window and each process's own CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from multiprocessing.pool import Pool
+from typing import Any
+
+from gradserve.bench.results import Row, percentile
+from gradserve.bench.servers import proc_cpu_s
+from gradserve.bench.workloads import InputTensor
+
+
+@dataclass
+class LoadSpec:
+    """What one worker process sends: an HTTP POST, or a gRPC ModelInfer."""
+
+    kind: str  # "http" or "grpc"
+    target: str  # URL, or host:port
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    model: str = ""
+    inputs: list[InputTensor] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+
+class PyLoad:
+    """A pool of load worker processes, reused across cells."""
+
+    def __init__(self, procs: int) -> None:
+        self.procs = procs
+        self.pool: Pool = get_context("spawn").Pool(procs)
+
+    def run(self, spec: LoadSpec, concurrency: int, duration_s: float, server_pid: int | None) -> Row:
+        n = max(1, min(self.procs, concurrency))
+        shares = [concurrency // n + (1 if i < concurrency % n else 0) for i in range(n)]
+        warmup_s = min(1.0, max(0.3, duration_s / 3))
+        start_at = time.time() + warmup_s
+        pending = self.pool.starmap_async(_worker, [(spec, c, start_at, duration_s) for c in shares])
+        time.sleep(max(0.0, start_at - time.time()))
+        cpu0 = proc_cpu_s(server_pid)
+        time.sleep(max(0.0, start_at + duration_s - time.time()))
+        cpu1 = proc_cpu_s(server_pid)
+        results = pending.get(timeout=duration_s + 180)
+        lat = sorted(x for r in results for x in r["latencies"])
+        row = Row("", "", "", "", concurrency, f"py-http x{n}" if spec.kind == "http" else f"grpc.aio x{n}")
+        row.req_s = len(lat) / duration_s
+        row.p50_ms = percentile(lat, 50) * 1e3
+        row.p99_ms = percentile(lat, 99) * 1e3
+        row.errors = sum(int(r["errors"]) for r in results)
+        row.loadgen_cpu = 100 * sum(float(r["cpu_s"]) for r in results) / duration_s
+        row.server_cpu = 100 * (cpu1 - cpu0) / duration_s
+        return row
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+
+def _worker(spec: LoadSpec, concurrency: int, start_at: float, duration_s: float) -> dict[str, Any]:
+    """Entry point of a load worker process: run the load, return its measurements."""
+    try:
+        import uvloop
+
+        return uvloop.run(_load(spec, concurrency, start_at, duration_s))
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux
+        return asyncio.run(_load(spec, concurrency, start_at, duration_s))
+
+
+async def _load(spec: LoadSpec, concurrency: int, start_at: float, duration_s: float) -> dict[str, Any]:
+    # Wall-clock start shared by all workers; warm-up runs until then, unrecorded.
+    start = time.perf_counter() + (start_at - time.time())
+    end = start + duration_s
+    latencies: list[float] = []
+    errors = 0
+    cpu: list[float] = []
+
+    async def cpu_marks() -> None:
+        for mark in (start, end):
+            await asyncio.sleep(max(0.0, mark - time.perf_counter()))
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            cpu.append(usage.ru_utime + usage.ru_stime)
+
+    if spec.kind == "http":
+        conns = [await _HttpConnection.open(spec.target) for _ in range(concurrency)]
+        request = _http_request_bytes(spec.target, spec.body, spec.headers)
+        calls = [_http_call(c, request) for c in conns]
+        try:
+            errors = await _drive(calls, end, start, latencies, cpu_marks())
+        finally:
+            for c in conns:
+                c.close()
+    else:
+        import grpc
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        request = service_pb2.ModelInferRequest(model_name=spec.model)
+        for name, dtype, shape, raw in spec.inputs:
+            request.inputs.add(name=name, datatype=dtype, shape=shape)
+            request.raw_input_contents.append(raw)
+        for name in spec.outputs:
+            request.outputs.add(name=name)
+        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        async with grpc.aio.insecure_channel(spec.target, options=options) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+            async def call() -> bool:
+                await stub.ModelInfer(request)
+                return True
+
+            errors = await _drive([call] * concurrency, end, start, latencies, cpu_marks())
+    cpu_s = cpu[1] - cpu[0] if len(cpu) == 2 else float("nan")
+    return {"latencies": latencies, "errors": errors, "cpu_s": cpu_s}
+
+
+async def _drive(
+    calls: list[Callable[[], Awaitable[bool]]],
+    end: float,
+    start: float,
+    latencies: list[float],
+    marks: Awaitable[None],
+) -> int:
+    """One closed loop per call until ``end``; latencies of calls ending in [start, end]."""
+    errors = 0
+
+    async def loop(call: Callable[[], Awaitable[bool]]) -> None:
+        nonlocal errors
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= end:
+                return
+            try:
+                ok = await call()
+            except Exception:
+                ok = False
+            t1 = time.perf_counter()
+            if start <= t1 <= end:
+                if ok:
+                    latencies.append(t1 - t0)
+                else:
+                    errors += 1
+            if not ok:
+                await asyncio.sleep(0.01)
+
+    await asyncio.gather(marks, *(loop(c) for c in calls))
+    return errors
+
+
+def _http_request_bytes(url: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """The whole HTTP/1.1 keep-alive request, built once and resent as is."""
+    rest = url.removeprefix("http://")
+    hostport, _, path = rest.partition("/")
+    lines = [f"POST /{path} HTTP/1.1", f"Host: {hostport}", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _http_call(conn: _HttpConnection, request: bytes) -> Callable[[], Awaitable[bool]]:
+    async def call() -> bool:
+        return await conn.send(request) == 200
+
+    return call
+
+
+class _HttpConnection(asyncio.Protocol):
+    """A minimal HTTP/1.1 keep-alive client connection: one request at a time, the
+    response framed by Content-Length. Far cheaper per request than aiohttp or httpx,
+    so that the load generator, which shares the CPUs with the server, takes less."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.need = -1
+        self.status = 0
+        self.waiter: asyncio.Future[int] | None = None
+
+    @classmethod
+    async def open(cls, url: str) -> _HttpConnection:
+        host, _, port = url.removeprefix("http://").partition("/")[0].partition(":")
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(cls, host, int(port or 80))
+        return conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.need < 0:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buf[:end]).lower()
+            self.status = int(head[9:12])
+            at = head.find(b"\r\ncontent-length:")
+            length = 0
+            if at >= 0:
+                stop = head.find(b"\r\n", at + 2)
+                length = int(head[at + 17 : stop if stop >= 0 else len(head)])
+            self.need = end + 4 + length
+        if len(self.buf) >= self.need:
+            del self.buf[: self.need]
+            self.need = -1
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(self.status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("server closed the connection"))
+
+    async def send(self, request: bytes) -> int:
+        assert self.transport is not None
+        if self.transport.is_closing():
+            raise ConnectionError("connection closed")
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return await self.waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
