@@ -82,12 +82,6 @@ class _Bucket:
         return self.items[0] if self.items else None
 
 
-def _discard_answer(future: asyncio.Future[dict[str, torch.Tensor]]) -> None:
-    """Mark an answer nobody awaits as read, so asyncio does not log it as lost."""
-    if not future.cancelled():
-        future.exception()
-
-
 def _freeze(value: object) -> Hashable:
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
@@ -180,7 +174,8 @@ class DynamicBatcher:
             if primary is None or primary.dim() == 0 or request.spec.batch_mode != "rows"
             else primary.shape[0]
         )
-        item = _Item(request, asyncio.get_running_loop().create_future(), rows, elements)
+        loop = asyncio.get_running_loop()
+        item = _Item(request, loop.create_future(), rows, elements)
         key, solo = self._key(request, elements)
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -191,21 +186,28 @@ class DynamicBatcher:
         self._arrival.set()
         if self.metrics is not None:
             self.metrics.enqueued(request.spec.name)
+        # One timer per request answers 504 at its deadline if it is still queued; a
+        # running request is answered whatever its deadline.
+        timer = (
+            None
+            if request.deadline_s is None
+            else loop.call_later(max(request.deadline_s - time.monotonic(), 0.0), self._deadline, item)
+        )
         try:
-            remaining = (request.deadline_s or float("inf")) - time.monotonic()
-            done, _ = await asyncio.wait({item.future}, timeout=max(remaining, 0.0))
-            if not done and item.state == QUEUED:
-                self._forget(item)
-                raise self._expired(request)
-            # Running (or just finished): it will be answered, whatever the deadline.
-            return await asyncio.shield(item.future)
+            return await item.future
         except asyncio.CancelledError:
+            # The client is gone (the await cancelled the future too, so a batch that
+            # already runs it just drops the answer): a queued request never runs.
             if item.state == QUEUED:
                 self._forget(item)
-            else:
-                # Its batch still answers it; nobody will read that answer now.
-                item.future.add_done_callback(_discard_answer)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _deadline(self, item: _Item) -> None:
+        if item.state == QUEUED:
+            self._forget(item, self._expired(item.request))
 
     def _expired(self, request: OpRequest) -> DeadlineExceeded:
         waited = time.monotonic() - request.arrived_s

@@ -40,17 +40,18 @@ def test_aligned_binary_data_is_not_copied() -> None:
     probe, head_len = _body(x, 0)
     pad = -(_start(probe) + head_len) % BODY_ALIGN
     view, head_len = _body(x, pad)
-    req = decode_rest_request(view, str(head_len), 1 << 20)
+    req = decode_rest_request(view, str(head_len), 1 << 20, binary_aligned=True)
     t = req.tensors["x"]
     assert torch.equal(t, x)
     assert t.data_ptr() == _start(view[head_len:])
 
 
-def test_misaligned_or_read_only_data_is_copied_and_correct() -> None:
+def test_unaligned_or_read_only_data_is_copied_and_correct() -> None:
     x = torch.randn(5, 3)
     probe, head_len = _body(x, 0)
     pad = (-(_start(probe) + head_len) % BODY_ALIGN) + 1  # one byte off
     view, head_len = _body(x, pad)
+    # Not known to be aligned: copied (whatever the address), and equal.
     t = decode_rest_request(view, str(head_len), 1 << 20).tensors["x"]
     assert torch.equal(t, x) and t.data_ptr() != _start(view[head_len:])
     ro = bytes(view)

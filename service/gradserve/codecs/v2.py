@@ -150,14 +150,21 @@ def check_shape(shape: object, where: str, max_elements: int) -> tuple[tuple[int
 
 
 def tensor_from_buffer(
-    where: str, dtype: DType, shape: tuple[int, ...], count: int, buf: bytes | bytearray | memoryview
+    where: str,
+    dtype: DType,
+    shape: tuple[int, ...],
+    count: int,
+    buf: bytes | bytearray | memoryview,
+    *,
+    aligned: bool = False,
 ) -> torch.Tensor:
     """Raw little-endian row-major bytes -> tensor; the size was checked by the caller.
 
-    A writable buffer aligned for the dtype (a slice of the body that rest/body.py read
-    into an aligned buffer) becomes the tensor's memory: no copy. A read-only one (a
-    protobuf ``bytes``) or a misaligned one is copied once into a fresh ``bytearray``:
-    torch must not alias memory it may not write, nor read a dtype misaligned.
+    A writable buffer that the caller knows is aligned for the dtype (a slice of a body
+    that rest/body.py read into an aligned buffer) becomes the tensor's memory: no copy.
+    Anything else (a protobuf ``bytes``, a misaligned slice) is copied once into a fresh
+    ``bytearray``: torch must not alias memory it may not write, nor read a dtype
+    misaligned.
     """
     if len(buf) != count * dtype.itemsize:  # callers check; this keeps the function safe alone
         raise MalformedRequest(
@@ -167,27 +174,23 @@ def tensor_from_buffer(
         )
     if count == 0:
         return torch.empty(shape, dtype=dtype.torch)
-    usable = isinstance(buf, bytearray) or (
-        isinstance(buf, memoryview) and not buf.readonly and _address(buf) % dtype.itemsize == 0
-    )
+    usable = isinstance(buf, bytearray) or (aligned and isinstance(buf, memoryview) and not buf.readonly)
     source = buf if usable else bytearray(buf)
     return torch.frombuffer(source, dtype=dtype.torch, count=count).reshape(shape)
 
 
-def _address(view: memoryview) -> int:
-    """Where a buffer's first byte lives (numpy reads the pointer without a copy)."""
-    return int(np.frombuffer(view, dtype=np.uint8).ctypes.data)
-
-
 def tensor_bytes(t: torch.Tensor) -> memoryview:
     """A tensor's little-endian row-major bytes, as a view (no copy for a CPU tensor)."""
-    t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    t = t.contiguous().reshape(-1)
+    if t.requires_grad:
+        t = t.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
     if t.dtype == torch.bfloat16:  # numpy has no bfloat16; the bits are the same as int16's
         t = t.view(torch.int16)
-    return t.numpy().data.cast("B")
+    array = t.numpy()
+    return (array if array.ndim else array.reshape(1)).data.cast("B")
 
 
 def _json_array(where: str, data: Any, dtype: DType) -> np.ndarray:
@@ -309,8 +312,15 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     return length
 
 
-def decode_rest_request(body: bytes | memoryview, header_length: str | None, max_elements: int) -> V2Request:
-    """A POST .../infer body (JSON, or JSON header + binary tensor data) -> V2Request."""
+def decode_rest_request(
+    body: bytes | memoryview, header_length: str | None, max_elements: int, *, binary_aligned: bool = False
+) -> V2Request:
+    """A POST .../infer body (JSON, or JSON header + binary tensor data) -> V2Request.
+
+    ``binary_aligned``: the binary section starts 16-byte aligned in a writable buffer
+    (rest/body.py arranges it), so a tensor at an offset that is a multiple of its
+    item size can alias the body instead of being copied.
+    """
     length = parse_header_length(header_length, len(body))
     view = memoryview(body)
     head = view if length is None else view[:length]
@@ -374,7 +384,14 @@ def decode_rest_request(body: bytes | memoryview, header_length: str | None, max
                     f"{len(binary)}-byte binary section (truncated body?)",
                     code="truncated_body",
                 )
-            req.tensors[name] = tensor_from_buffer(where, dtype, shape, count, binary[offset : offset + size])
+            req.tensors[name] = tensor_from_buffer(
+                where,
+                dtype,
+                shape,
+                count,
+                binary[offset : offset + size],
+                aligned=binary_aligned and offset % dtype.itemsize == 0,
+            )
             offset += size
         elif "data" in item:
             req.tensors[name] = tensor_from_json(where, dtype, shape, count, item["data"])

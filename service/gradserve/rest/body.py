@@ -21,8 +21,9 @@ class ClientDisconnected(GradservError):
     kind = ErrorKind("client_disconnected", 499, grpc.StatusCode.CANCELLED)
 
 
-# Binary tensor data starts this-aligned in the buffer read_body fills, so tensors can
-# alias the body (no copy) with every dtype's alignment met.
+# Where V2 binary tensor data lands in the buffer read_body fills: at BODY_ALIGN past a
+# multiple of it from the buffer's start. CPython allocates bytearrays 16-byte aligned,
+# so the data's address is 16-aligned: enough for every dtype, and tensors can alias it.
 BODY_ALIGN = 64
 
 

@@ -40,16 +40,17 @@ class PartsResponse(Response):
     """A binary V2 answer sent as its parts (JSON header, then each tensor's bytes as
     a view of the tensor), so a 16 MiB output is never copied into one joined body."""
 
+    # Below this, the parts are joined: one write beats a copy of a few KiB.
+    JOIN_BELOW_BYTES = 64 * 1024
+
     def __init__(self, parts: list[bytes | memoryview], head_length: int) -> None:
+        total = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
         super().__init__(
             None,
             media_type="application/octet-stream",
-            headers={
-                "Inference-Header-Content-Length": str(head_length),
-                "Content-Length": str(sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)),
-            },
+            headers={"Inference-Header-Content-Length": str(head_length), "Content-Length": str(total)},
         )
-        self.parts = parts
+        self.parts = parts if total >= self.JOIN_BELOW_BYTES else [b"".join(parts)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -103,7 +104,9 @@ def infer_handler(engine: Engine, registry: Registry) -> Callable[[Request], Awa
         encoding = request.headers.get("content-encoding")
         if encoding and encoding.strip().lower() != "identity":
             body = _decompress(body, encoding, limit)
-        req = v2.decode_rest_request(body, header, settings.max_tensor_elements)
+        req = v2.decode_rest_request(
+            body, header, settings.max_tensor_elements, binary_aligned=isinstance(body, memoryview)
+        )
         tensors, params = v2.engine_inputs(spec, req)
         timeout_s = None if req.timeout_s is None else min(req.timeout_s, settings.request_timeout_s)
         outputs = await until_disconnect(
