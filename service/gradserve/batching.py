@@ -322,7 +322,14 @@ class DynamicBatcher:
         started = time.monotonic()
         try:
             outputs = await self.runner.run(
-                first.spec, [i.request.tensors for i in items], first.params, frozenset(first.want)
+                first.spec,
+                [i.request.tensors for i in items],
+                first.params,
+                frozenset(first.want),
+                # A kernel run inline blocks the loop, and grpc.aio hands new calls to
+                # the loop only while it waits: inline gRPC batches measured as batches
+                # of one (about 1,000 req/s against 1,700 via the worker thread).
+                allow_inline=all(i.request.transport != "grpc" for i in items),
             )
             if len(outputs) != len(items):
                 raise InternalError(

@@ -43,6 +43,13 @@ class Settings(BaseSettings):
         1, ge=1, description="torch intra-op threads of the compute worker (1 leaves a core for I/O)."
     )
 
+    inline_below_elements: int = Field(
+        32_768,
+        ge=0,
+        description="On the CPU, a batch with fewer elements than this (all its tensors) runs on the "
+        "event loop instead of the compute thread, whose hand-off costs more than a tiny kernel; 0: never.",
+    )
+
     batching: bool = Field(True, description="Dynamic batching on or off.")
     max_batch_rows: int = Field(256, ge=1, description="Most rows (dim 0) or requests in one batch.")
     max_batch_elements: int = Field(

@@ -52,6 +52,8 @@ class Runner(Protocol):
         tensors: Sequence[Mapping[str, torch.Tensor]],
         params: Mapping[str, Any],
         want: frozenset[str],
+        *,
+        allow_inline: bool = True,
     ) -> list[dict[str, torch.Tensor]]: ...
 
 

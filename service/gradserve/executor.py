@@ -3,7 +3,8 @@
 Flow position: batcher -> executor -> ``assemble`` -> ``OpSpec.run`` -> ``disassemble``.
 One worker thread per device: torch releases the GIL inside kernels, so the event loop
 keeps serving I/O while a batch computes, and a single thread keeps kernel launches on
-a device ordered. On CUDA a batch is assembled in pinned host memory, copied with one
+a device ordered. On the CPU a small batch (under ``inline_below_elements``) runs on
+the event loop itself: the hand-off to the thread costs more than such a kernel. On CUDA a batch is assembled in pinned host memory, copied with one
 non-blocking transfer, and its results come back with one synchronization.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -39,11 +41,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Executor:
-    """Runs one (possibly batched) kernel call at a time per device."""
+    """Runs (possibly batched) kernel calls: on the device's worker thread, or inline."""
 
     def __init__(self, settings: Settings) -> None:
         self.device = resolve_device(settings.device)
         self.large_request_elements = settings.large_request_elements
+        self.inline_below_elements = settings.inline_below_elements if self.device.type == "cpu" else 0
         torch.set_num_threads(settings.torch_threads)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gradserve-{self.device}")
 
@@ -53,9 +56,31 @@ class Executor:
         tensors: Sequence[Mapping[str, torch.Tensor]],
         params: Mapping[str, Any],
         want: frozenset[str],
+        *,
+        allow_inline: bool = True,
     ) -> list[dict[str, torch.Tensor]]:
+        if allow_inline and self._small(spec, tensors, params):
+            # Handing a tiny CPU kernel to the worker thread (two thread switches and
+            # GIL hand-offs) costs more than the kernel: run it here, on the loop.
+            return self.run_sync(spec, tensors, params, want)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.run_sync, spec, tensors, params, want)
+
+    def _small(
+        self, spec: OpSpec, tensors: Sequence[Mapping[str, torch.Tensor]], params: Mapping[str, Any]
+    ) -> bool:
+        """Whether a batch is cheap enough to run inline (its elements, all tensors and
+        an init op's weight, under ``inline_below_elements``)."""
+        limit = self.inline_below_elements
+        if limit <= 0:
+            return False
+        elements = math.prod(params["shape"]) if spec.family == "init" else 0
+        for request in tensors:
+            for t in request.values():
+                elements += t.numel()
+                if elements >= limit:
+                    return False
+        return elements < limit
 
     def run_sync(
         self,

@@ -70,6 +70,8 @@ class GatedRunner:
         tensors: Sequence[Mapping[str, torch.Tensor]],
         params: Mapping[str, Any],
         want: frozenset[str],
+        *,
+        allow_inline: bool = True,
     ) -> list[dict[str, torch.Tensor]]:
         call = Call(spec.name, list(tensors), params, want)
         self.calls.append(call)
