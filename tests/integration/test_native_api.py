@@ -153,6 +153,8 @@ async def test_catalog_lists_every_op_with_params(app_client: httpx.AsyncClient)
     leaky = ops["leaky_relu"]
     assert leaky["family"] == "activations"
     assert {p["name"]: p["default"] for p in leaky["params"]} == {"negative_slope": 0.01}
+    alpha = next(i for i in ops["prelu"]["inputs"] if i["name"] == "alpha")
+    assert alpha["optional"] and alpha["default"] == 0.25
     ce = ops["cross_entropy"]
     assert {"input", "target", "weight", "grad_loss"} <= {i["name"] for i in ce["inputs"]}
     assert ce["grad_outputs"] == ["grad_input"]

@@ -148,7 +148,14 @@ def catalog(registry: Registry) -> dict[str, Any]:
                 "doc": s.doc,
                 "route": f"/v1/{s.family}/{s.name}",
                 "inputs": [
-                    {"name": t.name, "kind": t.kind, "optional": t.optional, "doc": t.doc} for t in s.inputs
+                    {
+                        "name": t.name,
+                        "kind": t.kind,
+                        "optional": t.optional,
+                        "default": t.default,
+                        "doc": t.doc,
+                    }
+                    for t in s.inputs
                 ],
                 "params": [
                     {
