@@ -1,10 +1,11 @@
-"""Open Inference Protocol (V2) codec: REST JSON + binary tensor data, and gRPC raw contents.
+"""Open Inference Protocol (V2) codec: the request type and tensor checks both V2
+transports share, and REST JSON + binary tensor data.
 
-Flow position: transport (rest/v2.py, grpc/servicer.py) -> **codecs/v2** -> engine.
-A V2 request decodes into a ``V2Request`` (op, tensors, params, requested outputs with
-their binary flags, id); ``engine_inputs`` turns it into what ``Engine.infer`` takes.
-Responses encode back from the engine's output tensors. The model metadata and the
-Triton model config of each op are built here too, once, for both transports.
+Flow position: transport (rest/v2.py; grpc/servicer.py via codecs/v2_grpc.py) ->
+**codecs/v2** -> engine. A V2 request decodes into a ``V2Request`` (op, tensors, params,
+requested outputs with their binary flags, id); ``engine_inputs`` turns it into what
+``Engine.infer`` takes. Responses encode back from the engine's output tensors. Model
+metadata and config live in codecs/v2_models.py.
 
 Binary tensors (the HTTP binary extension and gRPC ``raw_*_contents`` share one byte
 layout: little-endian, row-major, unpadded) are decoded with ``torch.frombuffer`` and a
@@ -30,11 +31,9 @@ import numpy as np
 import orjson
 import torch
 
-from gradserve import __version__
 from gradserve.codecs.dtypes import BY_V2, DType, of_tensor
-from gradserve.errors import InvalidInput, MalformedRequest, OpNotFound, RequestTooLarge
-from gradserve.grpc.generated import inference_pb2 as pb
-from gradserve.ops.registry import OpSpec, TensorSpec
+from gradserve.errors import InvalidInput, MalformedRequest, RequestTooLarge
+from gradserve.ops.registry import OpSpec
 
 # The wire is little-endian; torch/numpy buffers are native-endian.
 assert sys.byteorder == "little", "gradserve's V2 codec assumes a little-endian host"
@@ -260,7 +259,7 @@ def _parse_parameters(value: object, where: str) -> dict[str, Any]:
     return value
 
 
-def _split_request_params(req: V2Request, params: Mapping[str, Any]) -> None:
+def split_request_params(req: V2Request, params: Mapping[str, Any]) -> None:
     """Protocol parameters -> request fields; the rest are op params (unknown ones are
     ignored by the engine's lenient mode, as V2 clients add their own)."""
     for key, value in params.items():
@@ -276,7 +275,7 @@ def _split_request_params(req: V2Request, params: Mapping[str, Any]) -> None:
             req.params[key] = value
 
 
-def _refuse_unsupported(params: Mapping[str, Any], where: str) -> None:
+def refuse_unsupported(params: Mapping[str, Any], where: str) -> None:
     bad = sorted(_UNSUPPORTED_TENSOR_PARAMS.intersection(params))
     if bad:
         raise MalformedRequest(
@@ -342,7 +341,7 @@ def decode_rest_request(
     if request_id is not None and not isinstance(request_id, str):
         raise MalformedRequest(f"'id' must be a string, got {request_id!r}", code="malformed_request")
     req.id = request_id
-    _split_request_params(req, _parse_parameters(doc.get("parameters"), "request"))
+    split_request_params(req, _parse_parameters(doc.get("parameters"), "request"))
 
     inputs = doc.get("inputs", [])
     if not isinstance(inputs, list):
@@ -360,7 +359,7 @@ def decode_rest_request(
         dtype = v2_dtype(item.get("datatype"), where)
         shape, count = check_shape(item.get("shape"), where, max_elements)
         tensor_params = _parse_parameters(item.get("parameters"), where)
-        _refuse_unsupported(tensor_params, where)
+        refuse_unsupported(tensor_params, where)
         if "binary_data_size" in tensor_params:
             size = tensor_params["binary_data_size"]
             if "data" in item:
@@ -416,7 +415,7 @@ def decode_rest_request(
                     f"outputs[{i}] must be an object with a string 'name'", code="malformed_request"
                 )
             out_params = _parse_parameters(item.get("parameters"), f"output {item['name']!r}")
-            _refuse_unsupported(out_params, f"output {item['name']!r}")
+            refuse_unsupported(out_params, f"output {item['name']!r}")
             flag = out_params.get("binary_data", req.binary_output)
             req.outputs.append(RequestedOutput(item["name"], flag is True))
     return req
@@ -451,85 +450,6 @@ def encode_rest_response(
     return [head, *chunks], len(head)
 
 
-# ---------------------------------------------------------------- gRPC
-
-
-def _param_value(p: pb.InferParameter) -> Any:
-    which = p.WhichOneof("parameter_choice")
-    return None if which is None else getattr(p, which)
-
-
-# Typed contents fields per datatype (FP16/BF16 have none: raw only).
-_TYPED_FIELD = {
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "INT64": "int64_contents",
-    "INT32": "int_contents",
-}
-
-
-def decode_grpc_request(msg: pb.ModelInferRequest, max_elements: int) -> V2Request:
-    """ModelInferRequest (raw_input_contents, or typed contents) -> V2Request."""
-    req = V2Request(tensors={}, params={}, outputs=None, id=msg.id or None)
-    _split_request_params(req, {k: _param_value(v) for k, v in msg.parameters.items()})
-    raw = msg.raw_input_contents
-    if raw and len(raw) != len(msg.inputs):
-        raise MalformedRequest(
-            f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs", code="size_mismatch"
-        )
-    for i, item in enumerate(msg.inputs):
-        where = f"input {item.name!r}"
-        if not item.name:
-            raise MalformedRequest(f"inputs[{i}] has no name", code="malformed_request")
-        if item.name in req.tensors:
-            raise MalformedRequest(f"{where} is given twice", code="duplicate_input")
-        _refuse_unsupported({k: None for k in item.parameters}, where)
-        dtype = v2_dtype(item.datatype, where)
-        shape, count = check_shape(list(item.shape), where, max_elements)
-        if raw:
-            if item.HasField("contents"):
-                raise MalformedRequest(
-                    f"{where}: has typed contents although the request uses raw_input_contents",
-                    code="malformed_request",
-                )
-            data = raw[i]
-            if len(data) != count * dtype.itemsize:
-                raise MalformedRequest(
-                    f"{where}: raw_input_contents[{i}] has {len(data)} bytes but shape {list(shape)} "
-                    f"of {dtype.v2} needs {count * dtype.itemsize}",
-                    code="size_mismatch",
-                )
-            req.tensors[item.name] = tensor_from_buffer(where, dtype, shape, count, data)
-            continue
-        field_name = _TYPED_FIELD.get(dtype.v2)
-        if field_name is None:
-            raise MalformedRequest(
-                f"{where}: {dtype.v2} must be sent in raw_input_contents", code="malformed_request"
-            )
-        values = getattr(item.contents, field_name)
-        if len(values) != count:
-            raise MalformedRequest(
-                f"{where}: contents.{field_name} has {len(values)} elements but shape {list(shape)} needs {count}",
-                code="size_mismatch",
-            )
-        assert dtype.numpy is not None
-        req.tensors[item.name] = torch.from_numpy(np.array(values, dtype=dtype.numpy)).reshape(shape)
-    if msg.outputs:
-        req.outputs = [RequestedOutput(o.name, True) for o in msg.outputs]
-    return req
-
-
-def encode_grpc_response(
-    model: str, request_id: str | None, outputs: Mapping[str, torch.Tensor]
-) -> pb.ModelInferResponse:
-    """Outputs -> ModelInferResponse with raw_output_contents (tritonclient reads only those)."""
-    response = pb.ModelInferResponse(model_name=model, model_version=MODEL_VERSION, id=request_id or "")
-    for name, t in outputs.items():
-        response.outputs.add(name=name, datatype=of_tensor(t).v2, shape=list(t.shape))
-        response.raw_output_contents.append(tensor_bytes(t).tobytes())
-    return response
-
-
 # ---------------------------------------------------------------- engine arguments
 
 
@@ -550,115 +470,3 @@ def engine_inputs(spec: OpSpec, req: V2Request) -> tuple[dict[str, torch.Tensor]
             )
         params["shape"] = [int(d) for d in t.reshape(-1).tolist()]
     return tensors, params
-
-
-def check_version(spec: OpSpec, version: str | None) -> None:
-    """Each op is a model with the single version "1"; "" (gRPC) means the latest."""
-    if version not in (None, "", MODEL_VERSION):
-        raise OpNotFound(
-            f"model {spec.name!r} has no version {version!r}; its only version is {MODEL_VERSION}"
-        )
-
-
-# ---------------------------------------------------------------- metadata and config
-
-# Metadata shapes: every dim is -1 (dynamic); the rank is the op's usual one (any rank
-# is accepted where the op allows it). Ranks that differ from the defaults below:
-_RANK: dict[tuple[str, str], int] = {
-    ("prelu", "alpha"): 1,
-    ("prelu", "grad_alpha"): 1,
-    ("maxout", "weight"): 3,
-    ("maxout", "grad_weight"): 3,
-    ("full_loss", "bias"): 1,
-    ("full_loss", "grad_bias"): 1,
-    ("cross_entropy", "weight"): 1,
-    ("nll", "weight"): 1,
-    ("bce_with_logits", "pos_weight"): 1,
-}
-# Outputs that are always scalars.
-_SCALARS = frozenset({"penalty", "data_loss", "reg_loss", "std"})
-
-
-def _rank(spec: OpSpec, name: str, tensor: TensorSpec | None = None) -> int:
-    if (spec.name, name) in _RANK:
-        return _RANK[(spec.name, name)]
-    if name in ("loss", "grad_loss"):
-        # A loss with a reduction param is [] for mean/sum and per-sample for "none":
-        # its rank is dynamic, which V2 cannot say; one -1 dim stands for it.
-        return 1 if "reduction" in spec.param_index else 0
-    if name in _SCALARS or name == "grad_penalty":
-        return 0
-    if tensor is not None and tensor.kind in ("index", "target", "int"):
-        return 1
-    return 2
-
-
-def _input_datatype(t: TensorSpec) -> str:
-    # Float inputs accept FP32/FP64/FP16/BF16; metadata names the default.
-    return "FP32" if t.kind == "float" else "INT64"
-
-
-def _tensor_list(spec: OpSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    # No input is rank 0 in metadata: Triton has no rank-0 tensors and perf_analyzer
-    # cannot fill one ("unable to set shape for the input"); a scalar upstream gradient
-    # (grad_loss, grad_penalty) is listed as [-1] and still sent with shape [].
-    inputs = [
-        {
-            "name": t.name,
-            "datatype": _input_datatype(t),
-            "shape": [-1] * max(1, _rank(spec, t.name, t)),
-            "optional": t.optional,
-        }
-        for t in spec.inputs
-    ]
-    if spec.family == "init" and "shape" not in spec.input_index:
-        inputs.append({"name": "shape", "datatype": "INT64", "shape": [-1], "optional": True})
-    outputs = [
-        {"name": name, "datatype": "FP32", "shape": [-1] * _rank(spec, name)}
-        for name in spec.all_output_names
-    ]
-    return inputs, outputs
-
-
-def model_metadata(spec: OpSpec) -> dict[str, Any]:
-    """V2 model metadata (REST body; the gRPC message is parsed from it)."""
-    inputs, outputs = _tensor_list(spec)
-    return {
-        "name": spec.name,
-        "versions": [MODEL_VERSION],
-        "platform": PLATFORM,
-        "inputs": [{k: v for k, v in t.items() if k != "optional"} for t in inputs],
-        "outputs": outputs,
-    }
-
-
-def model_config(spec: OpSpec) -> dict[str, Any]:
-    """Triton model config (proto field names), what perf_analyzer reads.
-
-    ``max_batch_size`` 0: to Triton clients each request is a whole tensor of any
-    shape; gradserve's own dynamic batching happens behind that (it concatenates
-    requests along dim 0 or elementwise) and needs nothing from the client.
-    """
-    inputs, outputs = _tensor_list(spec)
-    return {
-        "name": spec.name,
-        "platform": PLATFORM,
-        "backend": PLATFORM,
-        "max_batch_size": 0,
-        "input": [
-            {
-                "name": t["name"],
-                "data_type": "TYPE_" + t["datatype"],
-                "dims": t["shape"],
-                "optional": t["optional"],
-            }
-            for t in inputs
-        ],
-        "output": [
-            {"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]} for t in outputs
-        ],
-    }
-
-
-def server_metadata() -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}

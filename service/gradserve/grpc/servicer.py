@@ -22,7 +22,7 @@ import grpc
 from google.protobuf import json_format
 
 from gradserve import __version__
-from gradserve.codecs import v2
+from gradserve.codecs import v2, v2_grpc, v2_models
 from gradserve.engine import Engine
 from gradserve.errors import GradservError
 from gradserve.grpc.generated import inference_pb2 as pb
@@ -74,7 +74,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _model(self, name: str, version: str) -> OpSpec:
         spec = self.registry.get(name)
-        v2.check_version(spec, version)
+        v2_models.check_version(spec, version)
         return spec
 
     def _serving(self) -> bool:
@@ -103,7 +103,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ServerMetadataResponse:
-        meta = v2.server_metadata()
+        meta = v2_models.server_metadata()
         return pb.ServerMetadataResponse(
             name=meta["name"], version=__version__, extensions=meta["extensions"]
         )
@@ -114,14 +114,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelMetadataResponse:
         spec = self._model(request.name, request.version)
         # One source for both transports: the REST JSON, parsed into the message.
-        return json_format.ParseDict(v2.model_metadata(spec), pb.ModelMetadataResponse())
+        return json_format.ParseDict(v2_models.model_metadata(spec), pb.ModelMetadataResponse())
 
     @mapped_errors
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelConfigResponse:
         spec = self._model(request.name, request.version)
-        config = json_format.ParseDict(v2.model_config(spec), pb.ModelConfig())
+        config = json_format.ParseDict(v2_models.model_config(spec), pb.ModelConfig())
         return pb.ModelConfigResponse(config=config)
 
     @mapped_errors
@@ -129,7 +129,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
         spec = self._model(request.model_name, request.model_version)
-        req = v2.decode_grpc_request(request, self.settings.max_tensor_elements)
+        req = v2_grpc.decode_grpc_request(request, self.settings.max_tensor_elements)
         tensors, params = v2.engine_inputs(spec, req)
         # The queue deadline: ours, shortened by the `timeout` parameter or the
         # client's gRPC deadline (no point computing an answer nobody waits for).
@@ -148,4 +148,4 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             lenient=True,
             timeout_s=min(limits),
         )
-        return v2.encode_grpc_response(spec.name, req.id, outputs)
+        return v2_grpc.encode_grpc_response(spec.name, req.id, outputs)

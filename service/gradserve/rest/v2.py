@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gradserve.codecs import v2
+from gradserve.codecs import v2, v2_models
 from gradserve.engine import Engine
 from gradserve.errors import MalformedRequest, RequestTooLarge
 from gradserve.ops.registry import OpSpec, Registry
@@ -82,7 +82,7 @@ def _decompress(body: bytes | memoryview, encoding: str, limit: int) -> bytes:
 def _model(registry: Registry, request: Request) -> OpSpec:
     """The op named in the path (404 if unknown), with its version checked."""
     spec = registry.get(request.path_params["model"])
-    v2.check_version(spec, request.path_params.get("version"))
+    v2_models.check_version(spec, request.path_params.get("version"))
     return spec
 
 
@@ -145,7 +145,7 @@ def build_router(engine: Engine, registry: Registry) -> APIRouter:
 
     @router.get("", summary="Server metadata")
     async def server_metadata() -> Response:
-        return _json(v2.server_metadata())
+        return _json(v2_models.server_metadata())
 
     @router.get("/health/live", summary="Server live")
     async def live() -> Response:
@@ -159,7 +159,7 @@ def build_router(engine: Engine, registry: Registry) -> APIRouter:
         return _json({"ready": False, "error": not_ready_reason()}, 503)
 
     async def model_metadata(request: Request) -> Response:
-        return _json(v2.model_metadata(model(request)))
+        return _json(v2_models.model_metadata(model(request)))
 
     async def model_ready(request: Request) -> Response:
         spec = model(request)
@@ -168,7 +168,7 @@ def build_router(engine: Engine, registry: Registry) -> APIRouter:
         return _json({"name": spec.name, "ready": False, "error": not_ready_reason()}, 503)
 
     async def model_config(request: Request) -> Response:
-        return _json(v2.model_config(model(request)))
+        return _json(v2_models.model_config(model(request)))
 
     infer = infer_handler(engine, registry)
 

@@ -1,0 +1,126 @@
+"""V2 model metadata, Triton model config and server metadata, built from the op registry.
+
+Flow position: rest/v2.py and grpc/servicer.py answer metadata and config requests from
+here, so both transports describe each op (a model named after it, version "1") alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradserve import __version__
+from gradserve.codecs.v2 import EXTENSIONS, MODEL_VERSION, PLATFORM, SERVER_NAME
+from gradserve.errors import OpNotFound
+from gradserve.ops.registry import OpSpec, TensorSpec
+
+
+def check_version(spec: OpSpec, version: str | None) -> None:
+    """Each op is a model with the single version "1"; "" (gRPC) means the latest."""
+    if version not in (None, "", MODEL_VERSION):
+        raise OpNotFound(
+            f"model {spec.name!r} has no version {version!r}; its only version is {MODEL_VERSION}"
+        )
+
+
+# ---------------------------------------------------------------- metadata and config
+
+# Metadata shapes: every dim is -1 (dynamic); the rank is the op's usual one (any rank
+# is accepted where the op allows it). Ranks that differ from the defaults below:
+_RANK: dict[tuple[str, str], int] = {
+    ("prelu", "alpha"): 1,
+    ("prelu", "grad_alpha"): 1,
+    ("maxout", "weight"): 3,
+    ("maxout", "grad_weight"): 3,
+    ("full_loss", "bias"): 1,
+    ("full_loss", "grad_bias"): 1,
+    ("cross_entropy", "weight"): 1,
+    ("nll", "weight"): 1,
+    ("bce_with_logits", "pos_weight"): 1,
+}
+# Outputs that are always scalars.
+_SCALARS = frozenset({"penalty", "data_loss", "reg_loss", "std"})
+
+
+def _rank(spec: OpSpec, name: str, tensor: TensorSpec | None = None) -> int:
+    if (spec.name, name) in _RANK:
+        return _RANK[(spec.name, name)]
+    if name in ("loss", "grad_loss"):
+        # A loss with a reduction param is [] for mean/sum and per-sample for "none":
+        # its rank is dynamic, which V2 cannot say; one -1 dim stands for it.
+        return 1 if "reduction" in spec.param_index else 0
+    if name in _SCALARS or name == "grad_penalty":
+        return 0
+    if tensor is not None and tensor.kind in ("index", "target", "int"):
+        return 1
+    return 2
+
+
+def _input_datatype(t: TensorSpec) -> str:
+    # Float inputs accept FP32/FP64/FP16/BF16; metadata names the default.
+    return "FP32" if t.kind == "float" else "INT64"
+
+
+def _tensor_list(spec: OpSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    # No input is rank 0 in metadata: Triton has no rank-0 tensors and perf_analyzer
+    # cannot fill one ("unable to set shape for the input"); a scalar upstream gradient
+    # (grad_loss, grad_penalty) is listed as [-1] and still sent with shape [].
+    inputs = [
+        {
+            "name": t.name,
+            "datatype": _input_datatype(t),
+            "shape": [-1] * max(1, _rank(spec, t.name, t)),
+            "optional": t.optional,
+        }
+        for t in spec.inputs
+    ]
+    if spec.family == "init" and "shape" not in spec.input_index:
+        inputs.append({"name": "shape", "datatype": "INT64", "shape": [-1], "optional": True})
+    outputs = [
+        {"name": name, "datatype": "FP32", "shape": [-1] * _rank(spec, name)}
+        for name in spec.all_output_names
+    ]
+    return inputs, outputs
+
+
+def model_metadata(spec: OpSpec) -> dict[str, Any]:
+    """V2 model metadata (REST body; the gRPC message is parsed from it)."""
+    inputs, outputs = _tensor_list(spec)
+    return {
+        "name": spec.name,
+        "versions": [MODEL_VERSION],
+        "platform": PLATFORM,
+        "inputs": [{k: v for k, v in t.items() if k != "optional"} for t in inputs],
+        "outputs": outputs,
+    }
+
+
+def model_config(spec: OpSpec) -> dict[str, Any]:
+    """Triton model config (proto field names), what perf_analyzer reads.
+
+    ``max_batch_size`` 0: to Triton clients each request is a whole tensor of any
+    shape; gradserve's own dynamic batching happens behind that (it concatenates
+    requests along dim 0 or elementwise) and needs nothing from the client.
+    """
+    inputs, outputs = _tensor_list(spec)
+    return {
+        "name": spec.name,
+        "platform": PLATFORM,
+        "backend": PLATFORM,
+        "max_batch_size": 0,
+        "input": [
+            {
+                "name": t["name"],
+                "data_type": "TYPE_" + t["datatype"],
+                "dims": t["shape"],
+                "optional": t["optional"],
+            }
+            for t in inputs
+        ],
+        "output": [
+            {"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]} for t in outputs
+        ],
+    }
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
