@@ -11,7 +11,7 @@ from typing import Any
 from gradserve import __version__
 from gradserve.codecs.v2 import EXTENSIONS, MODEL_VERSION, PLATFORM, SERVER_NAME
 from gradserve.errors import OpNotFound
-from gradserve.ops.registry import OpSpec, TensorSpec
+from gradserve.ops.registry import OpSpec, OutputSpec, TensorSpec
 
 
 def check_version(spec: OpSpec, version: str | None) -> None:
@@ -24,35 +24,31 @@ def check_version(spec: OpSpec, version: str | None) -> None:
 
 # ---------------------------------------------------------------- metadata and config
 
-# Metadata shapes: every dim is -1 (dynamic); the rank is the op's usual one (any rank
-# is accepted where the op allows it). Ranks that differ from the defaults below:
-_RANK: dict[tuple[str, str], int] = {
-    ("prelu", "alpha"): 1,
-    ("prelu", "grad_alpha"): 1,
-    ("maxout", "weight"): 3,
-    ("maxout", "grad_weight"): 3,
-    ("full_loss", "bias"): 1,
-    ("full_loss", "grad_bias"): 1,
-    ("cross_entropy", "weight"): 1,
-    ("nll", "weight"): 1,
-    ("bce_with_logits", "pos_weight"): 1,
-}
-# Outputs that are always scalars.
-_SCALARS = frozenset({"penalty", "data_loss", "reg_loss", "std"})
+# Metadata shapes: every dim is -1 (dynamic); the rank is the op's usual one, from its
+# declaration (any rank is accepted where the op allows it).
 
 
-def _rank(spec: OpSpec, name: str, tensor: TensorSpec | None = None) -> int:
-    if (spec.name, name) in _RANK:
-        return _RANK[(spec.name, name)]
-    if name in ("loss", "grad_loss"):
-        # A loss with a reduction param is [] for mean/sum and per-sample for "none":
-        # its rank is dynamic, which V2 cannot say; one -1 dim stands for it.
-        return 1 if "reduction" in spec.param_index else 0
-    if name in _SCALARS or name == "grad_penalty":
-        return 0
-    if tensor is not None and tensor.kind in ("index", "target", "int"):
-        return 1
-    return 2
+def _loss_rank(spec: OpSpec) -> int:
+    # A loss with a reduction param is [] for mean/sum and per-sample for "none": its
+    # rank is dynamic, which V2 cannot say; one -1 dim stands for it.
+    return 1 if "reduction" in spec.param_index else 0
+
+
+def _input_rank(spec: OpSpec, t: TensorSpec) -> int:
+    if t.rank is not None:
+        return t.rank
+    if t.name == "grad_loss":
+        return _loss_rank(spec)
+    return 1 if t.kind in ("index", "target", "int") else 2
+
+
+def _output_rank(spec: OpSpec, o: OutputSpec) -> int:
+    if o.rank is not None:
+        return o.rank
+    source = spec.input_index.get(o.name.removeprefix("grad_")) if o.name.startswith("grad_") else None
+    if source is not None:
+        return _input_rank(spec, source)
+    return _loss_rank(spec) if o.name == "loss" else 2
 
 
 def _input_datatype(t: TensorSpec) -> str:
@@ -68,7 +64,7 @@ def _tensor_list(spec: OpSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any
         {
             "name": t.name,
             "datatype": _input_datatype(t),
-            "shape": [-1] * max(1, _rank(spec, t.name, t)),
+            "shape": [-1] * max(1, _input_rank(spec, t)),
             "optional": t.optional,
         }
         for t in spec.inputs
@@ -76,8 +72,8 @@ def _tensor_list(spec: OpSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any
     if spec.family == "init" and "shape" not in spec.input_index:
         inputs.append({"name": "shape", "datatype": "INT64", "shape": [-1], "optional": True})
     outputs = [
-        {"name": name, "datatype": "FP32", "shape": [-1] * _rank(spec, name)}
-        for name in spec.all_output_names
+        {"name": o.name, "datatype": "FP32", "shape": [-1] * _output_rank(spec, o)}
+        for o in (*spec.outputs, *spec.grad_outputs)
     ]
     return inputs, outputs
 

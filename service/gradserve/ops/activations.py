@@ -444,6 +444,7 @@ PRELU = OpSpec(
             optional=True,
             per_row=False,
             default=0.25,
+            rank=1,
         ),
         GRAD_Y,
     ),
@@ -516,7 +517,7 @@ MAXOUT = OpSpec(
     doc="y[n, m] = max_k (x[n] . weight[k, m] + bias[k, m]); gradients go to the first maximal piece.",
     inputs=(
         TensorSpec("x", "float", "Input [N, D]."),
-        TensorSpec("weight", "float", "Piece weights [K, M, D]."),
+        TensorSpec("weight", "float", "Piece weights [K, M, D].", rank=3),
         TensorSpec("bias", "float", "Piece biases [K, M]."),
         TensorSpec(
             "grad_y",

@@ -388,7 +388,7 @@ _COMMON = (
 )
 _OUTPUTS = (
     OutputSpec("weight", "the initialized weight, of the requested shape and dtype"),
-    OutputSpec("std", "0-d: the standard deviation the scheme aims for"),
+    OutputSpec("std", "0-d: the standard deviation the scheme aims for", rank=0),
 )
 
 

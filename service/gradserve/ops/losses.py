@@ -523,7 +523,9 @@ _IGNORE_INDEX = ParamSpec(
     DEFAULT_IGNORE_INDEX,
     "Target value that is skipped (no loss, no gradient, not counted by mean).",
 )
-_CLASS_WEIGHT = TensorSpec("weight", "float", "Per-class rescaling weight [C].", optional=True, per_row=False)
+_CLASS_WEIGHT = TensorSpec(
+    "weight", "float", "Per-class rescaling weight [C].", optional=True, per_row=False, rank=1
+)
 _BROADCAST_WEIGHT = TensorSpec(
     "weight",
     "float",
@@ -576,6 +578,7 @@ BCE_WITH_LOGITS = _loss_spec(
             "Weight of positive examples, broadcastable to input's shape (e.g. [C]).",
             optional=True,
             per_row=False,
+            rank=1,
         ),
     ),
 )

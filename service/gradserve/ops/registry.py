@@ -45,6 +45,9 @@ class TensorSpec:
     # For an optional input that has a value when absent (prelu's alpha = 0.25): the
     # gradient output for it is still produced.
     default: float | None = None
+    # Its usual rank, for V2 metadata (each dim -1); None: 2 for float tensors, 1 for
+    # class-index targets.
+    rank: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class ParamSpec:
 class OutputSpec:
     name: str
     doc: str
+    # Its usual rank, for V2 metadata; None: a gradient's is its input's, others 2.
+    rank: int | None = None
 
 
 @dataclass

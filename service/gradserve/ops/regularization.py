@@ -94,6 +94,7 @@ REGULARIZATION = OpSpec(
             "float",
             "Upstream gradient of penalty, shape [] (1 when absent).",
             optional=True,
+            rank=0,
         ),
     ),
     params=(
@@ -106,7 +107,7 @@ REGULARIZATION = OpSpec(
         ),
         _strength_param(1.0),
     ),
-    outputs=(OutputSpec("penalty", "strength * R(weight), shape []."),),
+    outputs=(OutputSpec("penalty", "strength * R(weight), shape [].", rank=0),),
     grad_outputs=(OutputSpec("grad_weight", "Gradient wrt weight (its shape)."),),
     run=_run_regularization,
     batch_mode="solo",
@@ -198,7 +199,7 @@ FULL_LOSS = OpSpec(
     inputs=(
         TensorSpec("x", "float", "Samples [N, D]."),
         TensorSpec("weight", "float", "Class weights [C, D]."),
-        TensorSpec("bias", "float", "Class biases [C] (not regularized).", optional=True),
+        TensorSpec("bias", "float", "Class biases [C] (not regularized).", optional=True, rank=1),
         TensorSpec("target", "index", "Class indices [N] in [0, C)."),
         TensorSpec(
             "grad_loss",
@@ -227,8 +228,8 @@ FULL_LOSS = OpSpec(
     ),
     outputs=(
         OutputSpec("loss", "data_loss + reg_loss, shape []."),
-        OutputSpec("data_loss", "Mean over N of the per-sample losses, shape []."),
-        OutputSpec("reg_loss", "strength * R(weight), shape []."),
+        OutputSpec("data_loss", "Mean over N of the per-sample losses, shape [].", rank=0),
+        OutputSpec("reg_loss", "strength * R(weight), shape [].", rank=0),
         OutputSpec("scores", "x weight^T + bias, [N, C]."),
     ),
     grad_outputs=(
