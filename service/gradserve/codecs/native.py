@@ -176,13 +176,12 @@ def encode_tensor(t: torch.Tensor) -> dict[str, Any]:
     data: Any
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         data = _nonfinite_to_str(t.tolist())
-    elif t.dim() == 0:
-        data = t.item()
-    elif dtype.numpy is not None:
-        # orjson serializes numpy arrays natively: far faster than tolist() + dumps.
-        data = t.numpy()
     else:
-        data = t.float().numpy()  # bfloat16: every value is exact in float32
+        # orjson writes numpy arrays and scalars natively (far faster than tolist() and
+        # dumps), each float in the shortest form that reads back to the same value of
+        # its dtype; bfloat16, which numpy lacks, goes as float32 (exact).
+        array = t.numpy() if dtype.numpy is not None else t.float().numpy()
+        data = array[()] if t.dim() == 0 else array
     return {"dtype": dtype.name, "shape": list(t.shape), "data": data}
 
 
