@@ -14,11 +14,12 @@ import contextlib
 import logging
 
 import grpc
+from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gradserve.codecs import v2_grpc
 from gradserve.grpc.generated import inference_pb2 as pb
-from gradserve.grpc.generated import inference_pb2_grpc as pb_grpc
 from gradserve.grpc.servicer import InferenceServicer
 from gradserve.runtime import Runtime
 
@@ -27,6 +28,28 @@ log = logging.getLogger(__name__)
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # How often the health watcher looks at engine.ready while warming (no event exists).
 _READY_POLL_S = 0.05
+
+
+def _add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register GRPCInferenceService as the generated stubs would, but for ModelInfer's
+    (de)serializers, which keep the raw tensor contents out of protobuf's copies."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        request_type = message_factory.GetMessageClass(method.input_type)
+        response_type = message_factory.GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=request_type.FromString,
+            response_serializer=response_type.SerializeToString,
+        )
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
+        servicer.ModelInfer,
+        request_deserializer=v2_grpc.parse_infer_request,
+        response_serializer=v2_grpc.serialize_infer_response,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 class GrpcServer:
@@ -46,9 +69,7 @@ class GrpcServer:
             ]
         )
         self.health = health.aio.HealthServicer()
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(runtime.engine, runtime.registry), self.server
-        )
+        _add_inference_service(InferenceServicer(runtime.engine, runtime.registry), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

@@ -126,10 +126,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @mapped_errors
     async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ModelInferResponse:
-        spec = self._model(request.model_name, request.model_version)
-        req = v2_grpc.decode_grpc_request(request, self.settings.max_tensor_elements)
+        self, request: v2_grpc.InferRequestWire, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> v2_grpc.InferResponseWire:
+        # The request and answer travel with their raw contents split off the protobuf
+        # message (codecs/v2_grpc.py; the server registers the matching (de)serializers).
+        message = request.message
+        spec = self._model(message.model_name, message.model_version)
+        req = v2_grpc.decode_grpc_request(message, self.settings.max_tensor_elements, request.raw)
         tensors, params = v2.engine_inputs(spec, req)
         # The queue deadline: ours, shortened by the `timeout` parameter or the
         # client's gRPC deadline (no point computing an answer nobody waits for).
