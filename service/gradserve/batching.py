@@ -345,7 +345,7 @@ class DynamicBatcher:
             self._slots.release()
         compute_s = time.monotonic() - started
         if self.metrics is not None:
-            self.metrics.batch(first.spec.name, len(items), sum(i.rows for i in items), compute_s)
+            self.metrics.batch(first.spec.name, len(items), sum(i.rows for i in items))
         for n, item in enumerate(items):
             item.state = DONE
             if self.metrics is not None:

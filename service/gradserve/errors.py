@@ -93,6 +93,13 @@ class DeviceOutOfMemory(GradservError):
     kind = ErrorKind("device_out_of_memory", 507, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
+class ClientDisconnected(GradservError):
+    """The client left before its answer was ready (nginx's 499); nobody reads the
+    answer, but raising it (not CancelledError) keeps uvicorn from logging a traceback."""
+
+    kind = ErrorKind("client_disconnected", 499, grpc.StatusCode.CANCELLED)
+
+
 class InternalError(GradservError):
     """An unexpected failure; the message is generic and the details are in the log."""
 

@@ -165,7 +165,7 @@ class Metrics:
     def dequeued(self, op: str, count: int = 1) -> None:
         self.pending.add((op, VERSION), -count)
 
-    def batch(self, op: str, requests: int, rows: int, compute_s: float) -> None:
+    def batch(self, op: str, requests: int, rows: int) -> None:
         self.exec_count.add((op, VERSION))
         self.count.add((op, VERSION), requests)
         self.batch_rows.labels(op, VERSION).observe(rows)

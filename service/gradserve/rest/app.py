@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
 from gradserve import __version__
+from gradserve import metrics as metrics_mod
 from gradserve.config import Settings
 from gradserve.rest import errors, native, v2
 from gradserve.rest.fastpath import GradservApp
@@ -63,7 +64,7 @@ def create_app(runtime: Runtime | None = None, *, settings: Settings | None = No
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     async def metrics() -> Response:
         rt.metrics.refresh_device(str(rt.executor.device))
-        return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(rt.metrics.render(), media_type=metrics_mod.CONTENT_TYPE)
 
     app.openapi = lambda: _openapi(app, rt)  # type: ignore[method-assign]
     return app

@@ -6,19 +6,11 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import grpc
 from starlette.requests import Request
 
-from gradserve.errors import ErrorKind, GradservError, RequestTooLarge
+from gradserve.errors import ClientDisconnected, RequestTooLarge
 
 T = TypeVar("T")
-
-
-class ClientDisconnected(GradservError):
-    """The client left before its answer was ready (nginx's 499); nobody reads the
-    answer, but raising it (not CancelledError) keeps uvicorn from logging a traceback."""
-
-    kind = ErrorKind("client_disconnected", 499, grpc.StatusCode.CANCELLED)
 
 
 # Where V2 binary tensor data lands in the buffer read_body fills: at BODY_ALIGN past a
