@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint typecheck unit proto proto-check perf-analyzer bench clean
+.PHONY: venv run test lint typecheck unit proto proto-check perf-analyzer nginx browser bench clean
 
 venv: $(STAMP)
 
@@ -28,9 +28,19 @@ typecheck: venv
 perf-analyzer: venv
 	bash scripts/install_perf_analyzer.sh
 
+# nginx for the scale-out test (tests/e2e/test_scaleout.py); `make test` runs it too.
+nginx:
+	bash scripts/install_nginx.sh
+
+# Debian's chromium for the lab page's browser test (tests/e2e/test_lab_page.py).
+browser:
+	bash scripts/install_browser.sh
+
 # Everything CI runs: lint, types, then the test suite.
 test: venv lint typecheck
 	-bash scripts/install_perf_analyzer.sh
+	-bash scripts/install_nginx.sh
+	-bash scripts/install_browser.sh
 	$(BIN)/pytest -q tests
 
 bench: venv

@@ -11,7 +11,9 @@ message differs; it silently skips requests over its per-call retry buffer (256 
 default, so most tensors); it caps attempts at 5; and with grpcio 1.85 its retry of a
 refused connection sometimes waits out the whole deadline instead of failing fast.
 What the channel does serve is kept: its transparent retries (an RPC that never left
-the client) and its reconnect backoff.
+the client) and its reconnect backoff. A call that ends CANCELLED without this client
+cancelling it (grpcio does so under a burst of thousands of calls and while a server
+drains) is retried like UNAVAILABLE; see ``_core.grpc_error``.
 
 The V2 gRPC service has no catalog rpc, so ``ops()`` reads the HTTP catalog
 (GET /v1/ops) at ``catalog_url``; everything else stays on gRPC.
@@ -69,6 +71,9 @@ class _GrpcCommon:
         self._call_metadata = tuple(metadata or ())
         self._metadata: dict[str, ModelMetadata] = {}
         self._pb, self._pb_grpc = _core.grpc_modules()
+        # Set before the channel is closed: a call that then ends CANCELLED was
+        # cancelled by this client, not by the server, and is not retried.
+        self._closed = False
 
     def _channel_options(self, options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
         return [
@@ -94,6 +99,18 @@ class _GrpcCommon:
         )
         return _core.grpc_infer_request(request)
 
+    def _rpc_error(self, exc: grpc.RpcError, deadline: Deadline) -> GradservError:
+        call: Any = exc  # grpc.RpcError raised by a call is also a grpc.Call
+        code = call.code()
+        trailers = dict(call.trailing_metadata() or ())
+        return _core.grpc_error(
+            code.name if code is not None else "UNKNOWN",
+            call.details() or "",
+            trailers.get(_core.ERROR_CODE_KEY),
+            client_closed=self._closed,
+            deadline_passed=deadline.remaining_s() <= 0,
+        )
+
     def _after_failure(self, error: GradservError, attempt: int, deadline: Deadline) -> float:
         delay = self.retry.next_delay(error, attempt, deadline.remaining_s())
         if delay is None:
@@ -108,15 +125,6 @@ class _GrpcCommon:
                 "to read GET /v1/ops over HTTP, or use model_metadata(op) per op"
             )
         return self.catalog_url
-
-
-def _rpc_error(exc: grpc.RpcError) -> GradservError:
-    call: Any = exc  # grpc.RpcError raised by a call is also a grpc.Call
-    code = call.code()
-    trailers = dict(call.trailing_metadata() or ())
-    return _core.grpc_error(
-        code.name if code is not None else "UNKNOWN", call.details() or "", trailers.get(_core.ERROR_CODE_KEY)
-    )
 
 
 class GrpcClient(_GrpcCommon):
@@ -162,6 +170,7 @@ class GrpcClient(_GrpcCommon):
 
     def close(self) -> None:
         """Close the channel."""
+        self._closed = True
         self._channel.close()
 
     def activation(
@@ -196,6 +205,10 @@ class GrpcClient(_GrpcCommon):
     ) -> Outputs:
         """Run a weight-initialization op; see ``Client.init``."""
         return self._run(op, [], {**params, "shape": tuple(shape)}, None, False, timeout_s)
+
+    def activation_stats(self, *, timeout_s: float | None = None, **params: ParamValue) -> Outputs:
+        """Run the lab's experiment; see ``Client.activation_stats``."""
+        return self._run("activation_stats", [], params, None, False, timeout_s)
 
     def infer(
         self,
@@ -274,7 +287,7 @@ class GrpcClient(_GrpcCommon):
             try:
                 return method(request, timeout=deadline.check(), metadata=self._call_metadata)
             except grpc.RpcError as exc:
-                error = _rpc_error(exc)
+                error = self._rpc_error(exc, deadline)
             time.sleep(self._after_failure(error, attempt, deadline))
 
 
@@ -313,6 +326,7 @@ class AsyncGrpcClient(_GrpcCommon):
 
     async def aclose(self) -> None:
         """Close the channel."""
+        self._closed = True
         await self._channel.close()
 
     async def activation(
@@ -347,6 +361,10 @@ class AsyncGrpcClient(_GrpcCommon):
     ) -> Outputs:
         """Run a weight-initialization op; see ``Client.init``."""
         return await self._run(op, [], {**params, "shape": tuple(shape)}, None, False, timeout_s)
+
+    async def activation_stats(self, *, timeout_s: float | None = None, **params: ParamValue) -> Outputs:
+        """Run the lab's experiment; see ``Client.activation_stats``."""
+        return await self._run("activation_stats", [], params, None, False, timeout_s)
 
     async def infer(
         self,
@@ -427,5 +445,5 @@ class AsyncGrpcClient(_GrpcCommon):
             try:
                 return await method(request, timeout=deadline.check(), metadata=self._call_metadata)
             except grpc.RpcError as exc:
-                error = _rpc_error(exc)
+                error = self._rpc_error(exc, deadline)
             await asyncio.sleep(self._after_failure(error, attempt, deadline))

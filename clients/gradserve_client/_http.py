@@ -32,20 +32,76 @@ from gradserve_client._core import (
     ServerMetadata,
     TensorLike,
 )
-from gradserve_client.errors import GradservError, ServerError, TimedOutError, UnavailableError
+from gradserve_client.errors import (
+    GradservError,
+    InvalidInputError,
+    ServerError,
+    TimedOutError,
+    UnavailableError,
+)
 
 log = logging.getLogger("gradserve_client")
 
 DEFAULT_URL = "http://localhost:8000"
 DEFAULT_TIMEOUT_S = 30.0
+#: How long an idle pooled connection may be reused. A request sent on a keep-alive
+#: connection just as the server closes it is lost, so the client must close first:
+#: 4 s is below uvicorn's default keep-alive timeout (5 s, which httpx's own default
+#: expiry equals: the race of issue 8) and far below gradserve's (75 s). Reconnecting
+#: after 4 s idle costs one TCP handshake.
+DEFAULT_KEEPALIVE_EXPIRY_S = 4.0
+# httpx's own defaults for the pool size.
+_MAX_CONNECTIONS = 100
+_MAX_KEEPALIVE_CONNECTIONS = 20
 
 
-def _transport_error(exc: httpx.TransportError, url: str) -> GradservError:
-    # A timeout has used up the call's time: final. Anything else (refused, reset,
-    # closed mid-answer) is "cannot reach the server": retryable, since ops are pure.
+def _limits(keepalive_expiry_s: float) -> httpx.Limits:
+    if not keepalive_expiry_s >= 0:
+        raise ValueError(f"keepalive_expiry_s must be >= 0, got {keepalive_expiry_s}")
+    return httpx.Limits(
+        max_connections=_MAX_CONNECTIONS,
+        max_keepalive_connections=_MAX_KEEPALIVE_CONNECTIONS,
+        keepalive_expiry=keepalive_expiry_s,
+    )
+
+
+def _transport_error(exc: httpx.TransportError, url: str, *, answer_started: bool) -> GradservError:
+    """An httpx transport failure -> its exception; ``answer_started``: the status line
+    and headers had arrived when it failed.
+
+    - A timeout has used up the call's time (each attempt gets what is left): final.
+    - A URL or request httpx cannot send (unsupported scheme, a header it rejects)
+      would fail the same way again: InvalidInputError, final.
+    - The connection failed before any answer came: refused, or closed or reset while
+      the request went out or while waiting (``RemoteProtocolError`` "Server
+      disconnected without sending a response", ``ReadError``, ``WriteError``), which
+      is what a keep-alive connection closed by the server at the moment it is reused
+      gives. UnavailableError, retried: every op is a pure function.
+    - It broke after the answer began: the server ran the request and its answer is
+      lost. ServerError, final, like any unreadable answer: what broke it (a server
+      that died writing a huge answer) would likely break the retry too.
+    """
+    name = type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
-        return TimedOutError(f"no answer from {url} in time ({type(exc).__name__})")
-    return UnavailableError(f"cannot reach {url}: {type(exc).__name__}: {exc}")
+        return TimedOutError(f"no answer from {url} in time ({name})")
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return InvalidInputError(f"cannot send to {url}: {name}: {exc}")
+    if answer_started:
+        return ServerError(f"connection to {url} broke during the answer: {name}: {exc}")
+    return UnavailableError(f"cannot reach {url}: {name}: {exc}")
+
+
+def _build_request(
+    http: httpx.Client | httpx.AsyncClient, request: HttpRequest, deadline: Deadline
+) -> httpx.Request:
+    # Each attempt gets the time the call has left (TimedOutError when none).
+    return http.build_request(
+        request.method,
+        request.path,
+        headers=request.headers,
+        content=request.body or None,
+        timeout=deadline.check(),
+    )
 
 
 def _json(response: httpx.Response) -> Any:
@@ -99,6 +155,9 @@ class Client(_HttpCommon):
         binary: send tensors with the V2 binary tensor extension (default) or as JSON.
         transport: an httpx transport to use instead of the network one.
         headers: extra headers sent with every request.
+        keepalive_expiry_s: how long an idle pooled connection is kept for reuse;
+            keep it below the server's keep-alive timeout (gradserve: 75 s,
+            ``--http-keep-alive-s``). Ignored with ``transport=``, which pools on its own.
 
     Use it as a context manager, or call ``close()``.
     """
@@ -112,9 +171,16 @@ class Client(_HttpCommon):
         binary: bool = True,
         transport: httpx.BaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
+        keepalive_expiry_s: float = DEFAULT_KEEPALIVE_EXPIRY_S,
     ) -> None:
         super().__init__(url, timeout_s, retry, binary)
-        self._http = httpx.Client(base_url=self.url, transport=transport, headers=headers, timeout=timeout_s)
+        self._http = httpx.Client(
+            base_url=self.url,
+            transport=transport,
+            headers=headers,
+            timeout=timeout_s,
+            limits=_limits(keepalive_expiry_s),
+        )
 
     def __enter__(self) -> Self:
         return self
@@ -192,6 +258,22 @@ class Client(_HttpCommon):
             **params: e.g. ``seed=0``, ``dtype="float64"``, ``mode="fan_out"``.
         """
         return self._run(op, [], {**params, "shape": tuple(shape)}, None, False, timeout_s)
+
+    def activation_stats(self, *, timeout_s: float | None = None, **params: ParamValue) -> Outputs:
+        """Run the lab's experiment (API.md 6): a unit-Gaussian batch through a deep net.
+
+        Args:
+            **params: ``depth`` (10), ``width`` (500), ``batch`` (1000), ``activation``
+                ("tanh"), ``init`` ("normal") and that init's own params (``std``,
+                ``mode``, ``gain``...), ``seed`` (0), ``bins`` (50).
+            timeout_s: this call's timeout.
+
+        Returns:
+            Per layer, layer 1 first: ``mean``, ``std``, ``saturated``, ``dead``,
+            ``grad_std`` (float32 [depth]), ``hist`` (int64 [depth, bins]) and ``edges``
+            (float32 [depth, bins + 1]), as numpy arrays.
+        """
+        return self._run("activation_stats", [], params, None, False, timeout_s)
 
     def infer(
         self,
@@ -273,21 +355,29 @@ class Client(_HttpCommon):
         attempt = 0
         while True:
             attempt += 1
-            try:
-                response = self._http.request(
-                    request.method,
-                    request.path,
-                    headers=request.headers,
-                    content=request.body or None,
-                    timeout=deadline.check(),
-                )
-            except httpx.TransportError as exc:
-                error = _transport_error(exc, self.url)
+            outcome = self._attempt(_build_request(self._http, request, deadline))
+            if isinstance(outcome, httpx.Response):
+                if outcome.status_code < 300:
+                    return outcome
+                error = _core.http_error(outcome.status_code, outcome.headers, outcome.content)
             else:
-                if response.status_code < 300:
-                    return response
-                error = _core.http_error(response.status_code, response.headers, response.content)
+                error = outcome
             time.sleep(self._after_failure(error, attempt, deadline))
+
+    def _attempt(self, request: httpx.Request) -> httpx.Response | GradservError:
+        # Streamed, so that a failure before the answer's head (retryable) is told
+        # apart from one while its body is read (final); see _transport_error.
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            return _transport_error(exc, self.url, answer_started=False)
+        try:
+            response.read()
+        except httpx.TransportError as exc:
+            return _transport_error(exc, self.url, answer_started=True)
+        finally:
+            response.close()
+        return response
 
 
 class AsyncClient(_HttpCommon):
@@ -304,10 +394,15 @@ class AsyncClient(_HttpCommon):
         binary: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
+        keepalive_expiry_s: float = DEFAULT_KEEPALIVE_EXPIRY_S,
     ) -> None:
         super().__init__(url, timeout_s, retry, binary)
         self._http = httpx.AsyncClient(
-            base_url=self.url, transport=transport, headers=headers, timeout=timeout_s
+            base_url=self.url,
+            transport=transport,
+            headers=headers,
+            timeout=timeout_s,
+            limits=_limits(keepalive_expiry_s),
         )
 
     async def __aenter__(self) -> Self:
@@ -354,6 +449,10 @@ class AsyncClient(_HttpCommon):
     ) -> Outputs:
         """Run a weight-initialization op; see ``Client.init``."""
         return await self._run(op, [], {**params, "shape": tuple(shape)}, None, False, timeout_s)
+
+    async def activation_stats(self, *, timeout_s: float | None = None, **params: ParamValue) -> Outputs:
+        """Run the lab's experiment; see ``Client.activation_stats``."""
+        return await self._run("activation_stats", [], params, None, False, timeout_s)
 
     async def infer(
         self,
@@ -425,18 +524,25 @@ class AsyncClient(_HttpCommon):
         attempt = 0
         while True:
             attempt += 1
-            try:
-                response = await self._http.request(
-                    request.method,
-                    request.path,
-                    headers=request.headers,
-                    content=request.body or None,
-                    timeout=deadline.check(),
-                )
-            except httpx.TransportError as exc:
-                error = _transport_error(exc, self.url)
+            outcome = await self._attempt(_build_request(self._http, request, deadline))
+            if isinstance(outcome, httpx.Response):
+                if outcome.status_code < 300:
+                    return outcome
+                error = _core.http_error(outcome.status_code, outcome.headers, outcome.content)
             else:
-                if response.status_code < 300:
-                    return response
-                error = _core.http_error(response.status_code, response.headers, response.content)
+                error = outcome
             await asyncio.sleep(self._after_failure(error, attempt, deadline))
+
+    async def _attempt(self, request: httpx.Request) -> httpx.Response | GradservError:
+        # Streamed, as in Client._attempt: a failure before the answer's head is retried.
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            return _transport_error(exc, self.url, answer_started=False)
+        try:
+            await response.aread()
+        except httpx.TransportError as exc:
+            return _transport_error(exc, self.url, answer_started=True)
+        finally:
+            await response.aclose()
+        return response

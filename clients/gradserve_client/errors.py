@@ -10,8 +10,10 @@ RESOURCE_EXHAUSTED. Every exception carries the server's own message.
     ├── TooLargeError          HTTP 413, gRPC RESOURCE_EXHAUSTED (over a size limit)
     ├── OverloadedError        HTTP 429, gRPC RESOURCE_EXHAUSTED (queue full)    retried
     ├── UnavailableError       HTTP 503, gRPC UNAVAILABLE, connection failures   retried
+    │                          before any answer, gRPC CANCELLED not caused by the client
     ├── TimedOutError          HTTP 504, gRPC DEADLINE_EXCEEDED, client timeouts
     └── ServerError            any other 5xx / gRPC code, or an unreadable answer
+                               (a connection that broke during the answer)
 """
 
 from __future__ import annotations
@@ -83,7 +85,10 @@ class OverloadedError(GradservError):
 
 
 class UnavailableError(GradservError):
-    """The server is warming up, draining, or cannot be reached."""
+    """The server is warming up, draining, or cannot be reached: HTTP 503, gRPC
+    UNAVAILABLE, a connection refused or closed before any answer byte (a keep-alive
+    connection the server closed as the request went out), or a gRPC CANCELLED this
+    client did not cause."""
 
     retryable = True
 

@@ -1,7 +1,9 @@
 """`gradserve serve`: settings -> runtime -> HTTP app + gRPC server on one event loop.
 
-On SIGINT/SIGTERM readiness turns 503 / NOT_SERVING at once, new work is refused,
-queued and running work completes (up to the drain timeout), then both servers stop.
+On SIGINT/SIGTERM readiness turns 503 / NOT_SERVING at once; requests are still served
+for the drain delay (load balancers need that long to stop routing here), then new work
+is refused, queued and running work completes (up to the drain timeout), and both
+servers stop. A second signal cuts the delay short.
 The flags are derived from the Settings fields, so each setting has a flag and an
 environment variable and neither list can drift.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -77,6 +80,7 @@ class _Server(uvicorn.Server):
 async def serve(settings: Settings) -> None:
     from gradserve.grpc.server import GrpcServer
     from gradserve.rest.app import create_app
+    from gradserve.rest.connections import guarded_protocol
     from gradserve.runtime import Runtime
 
     runtime = Runtime(settings)
@@ -87,9 +91,11 @@ async def serve(settings: Settings) -> None:
         port=settings.http_port,
         log_level=settings.log_level,
         loop="none",  # we run uvicorn on our own loop, shared with gRPC
-        http="httptools",
+        # httptools, with a connection cap and header/body/write deadlines (rest/connections.py)
+        http=guarded_protocol(settings),
         lifespan="on",
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        timeout_keep_alive=settings.http_keep_alive_s,  # longer than client pools: see config.py
         access_log=False,
     )
     stopping = asyncio.Event()
@@ -113,9 +119,17 @@ async def serve(settings: Settings) -> None:
         runtime.close()
         http_task.result()
         raise SystemExit(1)
-    log.info("signal received: draining (up to %.1f s)", settings.drain_timeout_s)
+    # Readiness first (HTTP probes and gRPC health), while work is still taken: a load
+    # balancer or Kubernetes endpoint update takes seconds to stop sending us requests.
+    runtime.engine.draining = True
     if grpc_server is not None:
         grpc_server.set_not_serving()
+    if settings.drain_delay_s > 0:
+        log.info("signal received: not ready; still serving for %.1f s", settings.drain_delay_s)
+        stopping.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), settings.drain_delay_s)
+    log.info("draining (up to %.1f s)", settings.drain_timeout_s)
     await runtime.drain()
     server.should_exit = True
     if grpc_server is not None:

@@ -32,10 +32,50 @@ class Settings(BaseSettings):
         64 * MiB, gt=0, description="Largest HTTP body for V2 binary-extension requests."
     )
     grpc_max_message_bytes: int = Field(64 * MiB, gt=0, description="Largest gRPC message, received or sent.")
+    # HTTP/2 streams a client may open on one connection (grpcio's own default is
+    # unlimited): bounds what one connection can make the server hold at once.
+    # As high as the server-wide RPC cap: grpcio refuses streams past it (RST_STREAM
+    # REFUSED_STREAM) rather than queueing them, and one client channel bursting 2,000
+    # calls is ordinary use. grpc_max_concurrent_rpcs is what bounds the server.
+    grpc_max_concurrent_streams: int = Field(
+        4096, ge=1, description="Most concurrent gRPC calls (HTTP/2 streams) on one connection."
+    )
+    # grpcio itself refuses a call over this cap, before its request is read or any
+    # handler runs, with RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!" and no
+    # gradserve-error-code trailer (it never reaches gradserve). Nothing was started, so
+    # a retry is safe. Far above max_queue_size by default: the engine's own queue_full
+    # refusal (with its trailer) comes first under ordinary overload.
+    grpc_max_concurrent_rpcs: int = Field(
+        4096,
+        ge=0,
+        description="Most gRPC calls handled at once over all connections; past it grpcio answers "
+        "RESOURCE_EXHAUSTED (Concurrent RPC limit exceeded) at once, nothing started; 0: no cap.",
+    )
     max_tensor_elements: int = Field(
         16 * MiB,
         gt=0,
         description="Largest element count of any one tensor (inputs and init shapes); 413 past it.",
+    )
+    max_tensor_dims: int = Field(
+        16,
+        ge=1,
+        le=64,
+        description="Most dimensions of any one tensor or init shape; 413 past it.",
+    )
+    max_json_response_elements: int = Field(
+        32 * MiB,
+        ge=1,
+        description="Most elements (all outputs, zero dims counted as 1) of an answer encoded as JSON; "
+        "413 past it, before the JSON is built. Binary answers (V2 binary, gRPC) are bounded by bytes.",
+    )
+    # activation_stats (the lab) has no tensors to bound it: its params set its cost.
+    # 1e10 is 4x the lecture's net (10 x 500^2 x 1000), 1-6 s of one CPU thread by
+    # shape, and bounds what it holds for the backward pass to ~0.5 GB (ops/lab.py).
+    lab_max_work: int = Field(
+        10_000_000_000,
+        ge=1,
+        description="Largest activation_stats request, counted as depth * width^2 * batch (its forward "
+        "multiply-adds); 413 past it.",
     )
 
     device: str = Field("auto", description="Compute device: auto, cpu, cuda or cuda:N.")
@@ -73,4 +113,60 @@ class Settings(BaseSettings):
     )
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM, longest wait for queued and running work before exit."
+    )
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="On SIGTERM, how long readiness answers 503 while requests are still served, so load "
+        "balancers stop routing here before new work is refused (then the drain begins).",
+    )
+    # A request sent on a keep-alive connection at the moment the server closes it is
+    # lost (the client reads a reset or an empty answer). Only the side that closes
+    # first is safe, so the client must: the server keeps idle connections longer than
+    # clients' pools do (httpx 5 s, aiohttp 15 s, the SDK 4 s) and longer than the idle
+    # timeout of a proxy in front (AWS ALB 60 s), nginx's 75 s convention. uvicorn's own
+    # default of 5 s equals httpx's pool expiry, which is the race issue 8 measured.
+    # An int: uvicorn types timeout_keep_alive as int.
+    http_keep_alive_s: int = Field(
+        75,
+        ge=1,
+        description="Seconds an idle HTTP keep-alive connection stays open (clients should close theirs sooner).",
+    )
+
+    # Admission and connection limits (rest/fastpath.py, rest/connections.py): refusing
+    # costs something too, so refusals are decided before a body is read or parsed.
+    http_max_requests_in_flight: int = Field(
+        1024,
+        ge=1,
+        description="Most HTTP inference requests accepted at once (being read, decoded, queued, run or "
+        "answered); past it, and while the batcher's queue is full, 429 with Retry-After before the body is read.",
+    )
+    http_admission_wait_s: float = Field(
+        1.0,
+        ge=0,
+        description="How long an HTTP inference request past http_max_requests_in_flight waits (in order, "
+        "its body unread) for a slot before 429; 0: refuse at once.",
+    )
+    http_max_connections: int = Field(
+        2048,
+        ge=1,
+        description="Most open HTTP connections; a request on a connection past it answers 503 with "
+        "Retry-After and the connection closes. Keep it under the process's open-file limit.",
+    )
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest time from a request's first byte to the end of its headers; past it 408 and close.",
+    )
+    http_body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest time from the end of a request's headers to the end of its body; past it 408 "
+        "and close (a 64 MiB body needs over 1.1 MB/s at the default).",
+    )
+    http_write_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest time an answer may wait for a client that does not read it; past it the "
+        "connection closes and the answer is dropped.",
     )

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from gradserve.config import Settings
-from gradserve.errors import GradservError, Unavailable
+from gradserve.errors import GradservError, RequestTooLarge, Unavailable
 from gradserve.ops.registry import Family, OpSpec, Registry
 
 if TYPE_CHECKING:
     from gradserve.metrics import Metrics
-from gradserve.validation import resolve_outputs, validate_params, validate_tensors
+from gradserve.validation import Limits, resolve_outputs, validate_params, validate_tensors
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,11 @@ class Engine:
         self.scheduler = scheduler
         self.metrics = metrics
         self.ready = False
+        self.limits = Limits(settings.max_tensor_elements, settings.max_tensor_dims)
+        # Two steps of a stop: ``draining`` turns readiness off (SIGTERM seen) while work is
+        # still taken for the drain delay; ``refusing_work`` then answers new work 503.
         self.draining = False
+        self.refusing_work = False
 
     def prepare(
         self,
@@ -103,20 +107,40 @@ class Engine:
         params, as the Open Inference Protocol asks; the native API refuses both.
         """
         spec = self.registry.get(op, family)
-        limit = self.settings.max_tensor_elements
         checked_params = validate_params(
-            spec, params, lenient=lenient, ignore_unknown=lenient, max_elements=limit
+            spec, params, lenient=lenient, ignore_unknown=lenient, limits=self.limits
         )
-        checked = validate_tensors(spec, tensors, max_elements=limit)
+        checked = validate_tensors(spec, tensors, limits=self.limits)
+        if spec.work is not None:
+            self._check_work(spec, checked_params)
         if spec.check is not None:
             spec.check(checked, checked_params)
+        if spec.intermediate is not None:
+            what, count = spec.intermediate(checked, checked_params)
+            if count > self.limits.max_elements:
+                raise RequestTooLarge(
+                    f"op {spec.name!r}: these inputs make {what} of {count} elements, over the "
+                    f"limit of {self.limits.max_elements} per tensor"
+                )
         want = resolve_outputs(spec, checked, outputs, grad)
         now = time.monotonic()
         timeout = self.settings.request_timeout_s if timeout_s is None else timeout_s
         return OpRequest(spec, checked, checked_params, want, transport, now, now + timeout)
 
+    def _check_work(self, spec: OpSpec, params: Mapping[str, Any]) -> None:
+        """413 for an op whose params ask for more compute than ``lab_max_work``: no
+        tensor of its request is large, so the element limits cannot bound it."""
+        assert spec.work is not None
+        cost, limit = spec.work.of(params), self.settings.lab_max_work
+        if cost > limit:
+            raise RequestTooLarge(
+                f"op {spec.name!r}: {spec.work.formula} = {cost:,} is over this server's limit of "
+                f"{limit:,} (setting lab_max_work)",
+                code="work_too_large",
+            )
+
     async def submit(self, request: OpRequest) -> dict[str, torch.Tensor]:
-        if self.draining:
+        if self.refusing_work:
             raise Unavailable("server is draining; retry on another replica")
         if not self.ready:
             raise Unavailable("server is warming up; retry shortly")

@@ -72,7 +72,8 @@ class Executor:
         """Whether a batch is cheap enough to run inline (its elements, all tensors and
         an init op's weight, under ``inline_below_elements``)."""
         limit = self.inline_below_elements
-        if limit <= 0:
+        if limit <= 0 or spec.work is not None:
+            # An op with a Work cost (the lab) has no tensors that show its size.
             return False
         elements = math.prod(params["shape"]) if spec.family == "init" else 0
         for request in tensors:
@@ -109,7 +110,8 @@ class Executor:
         params: Mapping[str, Any],
         want: frozenset[str],
     ) -> list[dict[str, torch.Tensor]]:
-        if spec.family == "init":
+        if spec.family in ("init", "lab"):
+            # Ops that draw their own tensors draw them on the device.
             params = {**params, DEVICE_PARAM: str(self.device)}
         batch = assemble(spec, tensors, params, want, unpadded_above=self.large_request_elements)
         if self.device.type == "cuda":

@@ -43,6 +43,7 @@ class Runtime:
     async def drain(self) -> None:
         """Stop taking work at once; finish what was accepted (up to the drain timeout)."""
         self.engine.draining = True
+        self.engine.refusing_work = True
         if self._warm_task is not None and not self._warm_task.done():
             self._warm_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -8,11 +8,14 @@ are its ``OpSpec.check``. After both pass, a kernel must not fail on the input.
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from gradserve.codecs.numbers import check_shape_size, int64_range
 from gradserve.errors import InvalidInput, RequestTooLarge
 from gradserve.ops.registry import OpSpec, ParamSpec, TensorSpec
 
@@ -20,7 +23,24 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int64, torch.int32)
 
 
-def _coerce_param(spec: ParamSpec, value: Any, lenient: bool, max_elements: int) -> Any:
+def _show(value: Any) -> str:
+    """A param value for an error message: short whatever the client sent (a deeply
+    nested list's repr would recurse past Python's limit, a huge one fill the answer)."""
+    try:
+        return _REPR.repr(value)
+    except ValueError:  # an int of more than 4300 digits has no repr
+        return "a very large integer"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 6, 4
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 40
+# Float params reach kernels as C floats or doubles beside float32/16 tensors: a value
+# past float32's range overflows inside torch ("cannot be converted to type float").
+_FLOAT_PARAM_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _coerce_param(spec: ParamSpec, value: Any, lenient: bool, limits: Limits) -> Any:
     """Type-check one param value. ``lenient`` accepts numbers spelled as strings, as V2
     and gRPC clients (grpcurl, string parameters) often send them."""
     name = f"param {spec.name!r}"
@@ -29,31 +49,40 @@ def _coerce_param(spec: ParamSpec, value: Any, lenient: bool, max_elements: int)
             return None
         raise InvalidInput(f"{name}: must not be null", code="bad_param")
     if spec.type == "shape":
-        return _coerce_shape(spec, value, max_elements)
+        return _coerce_shape(spec, value, limits)
     if spec.type == "bool":
         if isinstance(value, bool):
             return value
         if lenient and isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise InvalidInput(f"{name}: expected true or false, got {value!r}", code="bad_param")
+        raise InvalidInput(f"{name}: expected true or false, got {_show(value)}", code="bad_param")
     if spec.type == "str":
         if not isinstance(value, str):
-            raise InvalidInput(f"{name}: expected a string, got {value!r}", code="bad_param")
+            raise InvalidInput(f"{name}: expected a string, got {_show(value)}", code="bad_param")
         if spec.choices is not None and value not in spec.choices:
             raise InvalidInput(
-                f"{name}: {value!r} is not one of {', '.join(map(repr, spec.choices))}",
+                f"{name}: {_show(value)} is not one of {', '.join(map(repr, spec.choices))}",
                 code="bad_param",
             )
         return value
     number = _coerce_number(spec, value, lenient)
     if spec.type == "float" and spec.finite and not math.isfinite(number):
-        raise InvalidInput(f"{name}: must be finite, got {number!r}", code="bad_param")
+        raise InvalidInput(f"{name}: must be finite, got {_show(number)}", code="bad_param")
+    if spec.type == "float" and math.isfinite(number) and abs(number) > _FLOAT_PARAM_MAX:
+        raise InvalidInput(
+            f"{name}: {_show(number)} is beyond the float32 range (largest magnitude {_FLOAT_PARAM_MAX:.4g})",
+            code="bad_param",
+        )
+    if spec.type == "int" and not int64_range(int(number)):
+        raise InvalidInput(
+            f"{name}: {_show(number)} is outside the int64 range [-2**63, 2**63 - 1]", code="bad_param"
+        )
     if spec.ge is not None and not number >= spec.ge:
-        raise InvalidInput(f"{name}: must be at least {spec.ge}, got {number!r}", code="bad_param")
+        raise InvalidInput(f"{name}: must be at least {spec.ge}, got {_show(number)}", code="bad_param")
     if spec.gt is not None and not number > spec.gt:
-        raise InvalidInput(f"{name}: must be greater than {spec.gt}, got {number!r}", code="bad_param")
+        raise InvalidInput(f"{name}: must be greater than {spec.gt}, got {_show(number)}", code="bad_param")
     if spec.le is not None and not number <= spec.le:
-        raise InvalidInput(f"{name}: must be at most {spec.le}, got {number!r}", code="bad_param")
+        raise InvalidInput(f"{name}: must be at most {spec.le}, got {_show(number)}", code="bad_param")
     return number
 
 
@@ -61,62 +90,83 @@ def _coerce_number(spec: ParamSpec, value: Any, lenient: bool) -> float | int:
     name = f"param {spec.name!r}"
     if lenient and isinstance(value, str):
         try:
+            if len(value) > 40:  # int() of a long digit string is quadratic
+                raise ValueError
             value = int(value) if spec.type == "int" else float(value)
         except ValueError:
-            raise InvalidInput(f"{name}: expected a number, got {value!r}", code="bad_param") from None
+            raise InvalidInput(f"{name}: expected a number, got {_show(value)}", code="bad_param") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInput(f"{name}: expected a number, got {value!r}", code="bad_param")
+        raise InvalidInput(f"{name}: expected a number, got {_show(value)}", code="bad_param")
     if spec.type == "int":
         if isinstance(value, float):
+            # Past 2**53 a float is no longer every integer: a value there came from a
+            # number the JSON parser could not keep exact (below -2**63, say).
             if not value.is_integer():
-                raise InvalidInput(f"{name}: expected an integer, got {value!r}", code="bad_param")
+                raise InvalidInput(f"{name}: expected an integer, got {_show(value)}", code="bad_param")
+            if abs(value) > 2**53:
+                raise InvalidInput(
+                    f"{name}: {_show(value)} is not an exact integer (past 2**53, or outside the int64 "
+                    "range, a JSON number loses digits)",
+                    code="bad_param",
+                )
             value = int(value)
         return int(value)
     return float(value)
 
 
-def _coerce_shape(spec: ParamSpec, value: Any, max_elements: int) -> tuple[int, ...]:
+def _coerce_shape(spec: ParamSpec, value: Any, limits: Limits) -> tuple[int, ...]:
     name = f"param {spec.name!r}"
     if isinstance(value, str):
         # V2 clients send "500,500"; an empty string is the 0-d shape.
-        parts = [p.strip() for p in value.split(",")] if value.strip() else []
+        parts = [p.strip() for p in value.split(",", limits.max_dims + 1)] if value.strip() else []
+        if len(parts) > limits.max_dims:
+            raise RequestTooLarge(f"{name}: more than {limits.max_dims} dimensions")
         try:
+            # Each part is short: int() of a huge digit string costs quadratic time.
+            if any(len(p) > 20 for p in parts):
+                raise ValueError
             value = [int(p) for p in parts]
         except ValueError:
             raise InvalidInput(
-                f'{name}: expected comma-separated integers such as "500,500", got {value!r}',
+                f'{name}: expected comma-separated integers such as "500,500", got {_show(value)}',
                 code="bad_shape",
             ) from None
     if not isinstance(value, (list, tuple)) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in value
     ):
-        raise InvalidInput(f"{name}: expected a list of integers, got {value!r}", code="bad_shape")
+        raise InvalidInput(f"{name}: expected a list of integers, got {_show(value)}", code="bad_shape")
     if any(d < 0 for d in value):
-        raise InvalidInput(f"{name}: dimensions must be non-negative, got {list(value)}", code="bad_shape")
-    if len(value) > 8:
-        raise InvalidInput(f"{name}: at most 8 dimensions, got {len(value)}", code="bad_shape")
-    count = math.prod(value)
-    if count > max_elements:
-        raise RequestTooLarge(f"{name}: {list(value)} has {count} elements, over the limit of {max_elements}")
+        raise InvalidInput(
+            f"{name}: dimensions must be non-negative, got {_show(list(value))}", code="bad_shape"
+        )
+    check_shape_size(name, list(value), limits.max_elements, max_dims=limits.max_dims)
     return tuple(value)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """The request limits validation enforces (from Settings)."""
+
+    max_elements: int
+    max_dims: int
+
+
 def validate_params(
-    spec: OpSpec, raw: Mapping[str, Any], *, lenient: bool, ignore_unknown: bool, max_elements: int
+    spec: OpSpec, raw: Mapping[str, Any], *, lenient: bool, ignore_unknown: bool, limits: Limits
 ) -> dict[str, Any]:
     """Fill defaults and type-check every param of ``spec``."""
     if not ignore_unknown:
         unknown = [k for k in raw if k not in spec.param_index]
         if unknown:
             raise InvalidInput(
-                f"op {spec.name!r}: unknown param(s) {', '.join(map(repr, unknown))}; "
+                f"op {spec.name!r}: unknown param(s) {', '.join(map(_show, unknown[:8]))}; "
                 f"its params are {', '.join(map(repr, spec.param_index)) or 'none'}",
                 code="unknown_field",
             )
     params: dict[str, Any] = {}
     for p in spec.params:
         if p.name in raw:
-            params[p.name] = _coerce_param(p, raw[p.name], lenient, max_elements)
+            params[p.name] = _coerce_param(p, raw[p.name], lenient, limits)
         elif p.default is None and not p.nullable:
             raise InvalidInput(f"op {spec.name!r}: param {p.name!r} is required", code="missing_param")
         else:
@@ -148,13 +198,13 @@ def _check_dtype(spec: OpSpec, t: TensorSpec, tensor: torch.Tensor) -> torch.Ten
 
 
 def validate_tensors(
-    spec: OpSpec, raw: Mapping[str, torch.Tensor], *, max_elements: int
+    spec: OpSpec, raw: Mapping[str, torch.Tensor], *, limits: Limits
 ) -> dict[str, torch.Tensor]:
     """Names, dtypes and limits; float inputs are cast to the primary input's dtype."""
     unknown = [k for k in raw if k not in spec.input_index]
     if unknown:
         raise InvalidInput(
-            f"op {spec.name!r}: unknown input(s) {', '.join(map(repr, unknown))}; "
+            f"op {spec.name!r}: unknown input(s) {', '.join(map(_show, unknown[:8]))}; "
             f"its inputs are {', '.join(map(repr, spec.input_index)) or 'none'}",
             code="unknown_field",
         )
@@ -165,10 +215,9 @@ def validate_tensors(
                 raise InvalidInput(f"op {spec.name!r}: input {t.name!r} is required", code="missing_input")
             continue
         tensor = raw[t.name]
-        if tensor.numel() > max_elements:
-            raise RequestTooLarge(
-                f"input {t.name!r}: {tensor.numel()} elements is over the limit of {max_elements}"
-            )
+        check_shape_size(
+            f"input {t.name!r}", list(tensor.shape), limits.max_elements, max_dims=limits.max_dims
+        )
         tensors[t.name] = _check_dtype(spec, t, tensor)
     # One float dtype per request: the primary (first float) input's. Mixed float
     # dtypes are cast to it rather than refused, as torch's type promotion would not
@@ -201,12 +250,14 @@ def resolve_outputs(
     for name in requested:
         if name not in known:
             raise InvalidInput(
-                f"op {spec.name!r}: unknown output {name!r}; its outputs are "
+                f"op {spec.name!r}: unknown output {_show(name)}; its outputs are "
                 f"{', '.join(map(repr, spec.all_output_names))}",
                 code="unknown_output",
             )
         if name in seen:
-            raise InvalidInput(f"op {spec.name!r}: output {name!r} requested twice", code="unknown_output")
+            raise InvalidInput(
+                f"op {spec.name!r}: output {_show(name)} requested twice", code="unknown_output"
+            )
         seen.add(name)
         if not _grad_available(spec, name, tensors):
             raise InvalidInput(

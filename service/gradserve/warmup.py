@@ -81,6 +81,8 @@ _BY_OP: dict[str, Callable[[], Example]] = {
     "hinge": _classes,
     "regularization": lambda: ({"weight": _x()}, {}),
     "full_loss": _full_loss,
+    # A small net: the warm-up only needs every kernel of it to have run once.
+    "activation_stats": lambda: ({}, {"depth": 2, "width": 8, "batch": 16}),
 }
 
 

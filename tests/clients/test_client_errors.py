@@ -62,10 +62,12 @@ async def invoke(kind: str, server: ServerProcess, call: Callable[[Any], Any], *
 
 @pytest.fixture(scope="module")
 def busy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One request at a time, one waiting: easy to fill."""
+    """One request at a time, one waiting: easy to fill. No admission wait: a request
+    that finds the queue full is refused at once, which is what these tests retry."""
     proc = start_server(
         tmp_path_factory.mktemp("busy"),
         "--max-queue-size", "1", "--max-batches-in-flight", "1", "--batching", "false",
+        "--http-admission-wait-s", "0",
     )  # fmt: skip
     yield proc
     proc.stop()

@@ -1,5 +1,7 @@
 """SIGTERM drain of a real `gradserve serve` process: work in flight completes with 200,
-new work and readiness answer 503, and the process exits 0 within the drain timeout."""
+new work and readiness answer 503, and the process exits 0 within the drain timeout.
+With a drain delay, readiness turns 503 at once while requests are still served for the
+delay, so load balancers can stop routing before anything is refused."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ import subprocess
 import time
 from collections.abc import Callable
 
+import grpc
 import httpx
 import pytest
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gradserve_client import AsyncGrpcClient, RetryPolicy
 from tests.conftest import ServerProcess
 from tests.integration.slow import post_slow, wait_for_metric
 from tests.integration.wire import Case, send_native, send_v2
@@ -75,3 +80,74 @@ async def test_sigterm_drains_in_flight_work_then_exits_0(
     log = server.log()
     assert "drained" in log
     assert "Traceback" not in log
+
+
+DRAIN_DELAY_S = 2.0
+
+
+async def _grpc_health(target: str) -> int:
+    async with grpc.aio.insecure_channel(target) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return int(reply.status)
+
+
+@pytest.mark.timeout(90)
+async def test_drain_delay_keeps_serving_while_not_ready_then_refuses(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory("--drain-delay-s", str(DRAIN_DELAY_S), "--drain-timeout-s", str(DRAIN_TIMEOUT_S))
+    assert await _grpc_health(server.grpc_target) == health_pb2.HealthCheckResponse.SERVING
+    async with httpx.AsyncClient(base_url=server.url, timeout=10.0) as client:
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+
+        # Readiness goes 503 (both HTTP probes) and gRPC health NOT_SERVING at once...
+        deadline = signalled + 1.0
+        while (ready := await client.get("/readyz")).status_code == 200:
+            assert time.monotonic() < deadline, "readyz still 200 1 s after SIGTERM"
+            await asyncio.sleep(0.01)
+        assert ready.json()["status"] == "draining"
+        assert (await client.get("/v2/health/ready")).status_code == 503
+        assert await _grpc_health(server.grpc_target) == health_pb2.HealthCheckResponse.NOT_SERVING
+        not_ready_after_s = time.monotonic() - signalled
+
+        # ...while new requests, on every transport, are still answered for the delay.
+        served = 0
+        # No retries: an answer here comes from this replica, not from a second attempt.
+        async with AsyncGrpcClient(server.grpc_target, retry=RetryPolicy(max_retries=0)) as rpc:
+            while time.monotonic() - signalled < DRAIN_DELAY_S * 0.75:
+                x = torch.full((4,), float(served) - 2.0)
+                status, body = await send_native(client, Case("relu", {"x": x}))
+                assert status == 200, body
+                status, body = await send_v2(client, Case("sigmoid", {"x": x}))
+                assert status == 200, body
+                out = await rpc.activation("tanh", x.numpy())
+                assert torch.equal(torch.from_numpy(out["y"]), torch.tanh(x))
+                served += 1
+                await asyncio.sleep(0.05)
+        assert served >= 5
+
+        # After the delay, new work is refused (503) or the listener is gone.
+        refused = False
+        while time.monotonic() - signalled < DRAIN_TIMEOUT_S:
+            try:
+                status, body = await send_native(client, Case("relu", {"x": torch.ones(3)}))
+            except httpx.TransportError:
+                refused = True
+                break
+            if status == 503:
+                assert b"draining" in body
+                refused = True
+                break
+            assert status == 200, body
+            await asyncio.sleep(0.02)
+        refused_after_s = time.monotonic() - signalled
+        assert refused
+        assert refused_after_s >= DRAIN_DELAY_S * 0.9, refused_after_s
+
+    code = server.proc.wait(DRAIN_TIMEOUT_S)
+    assert code == 0, server.log()
+    log = server.log()
+    assert "still serving for 2.0 s" in log and "drained" in log
+    assert "Traceback" not in log
+    print(f"not ready after {not_ready_after_s:.3f} s, refusing after {refused_after_s:.3f} s")

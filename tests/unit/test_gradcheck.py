@@ -19,7 +19,7 @@ from gradserve.config import Settings
 from gradserve.executor import Executor
 from gradserve.ops import build_registry
 from gradserve.ops.registry import OpSpec
-from gradserve.validation import validate_params
+from gradserve.validation import Limits, validate_params
 
 REGISTRY = build_registry()
 EXECUTOR = Executor(Settings(device="cpu"))
@@ -35,7 +35,7 @@ def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 def _run(spec: OpSpec, tensors: dict[str, torch.Tensor], params: dict[str, Any], want: str) -> torch.Tensor:
-    full = validate_params(spec, params, lenient=False, ignore_unknown=False, max_elements=1 << 30)
+    full = validate_params(spec, params, lenient=False, ignore_unknown=False, limits=Limits(1 << 30, 16))
     [out] = EXECUTOR.run_sync(spec, [tensors], full, frozenset({want}))
     return out[want]
 

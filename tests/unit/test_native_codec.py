@@ -11,10 +11,11 @@ import torch
 from gradserve.codecs.native import decode_tensor, dumps, encode_tensor
 from gradserve.errors import InvalidInput, RequestTooLarge
 from gradserve.ops import build_registry
-from gradserve.validation import resolve_outputs, validate_params, validate_tensors
+from gradserve.validation import Limits, resolve_outputs, validate_params, validate_tensors
 
 REGISTRY = build_registry()
 LIMIT = 1 << 20
+LIMITS = Limits(LIMIT, 16)
 
 
 def test_nested_list_defaults() -> None:
@@ -82,38 +83,35 @@ def test_float32_values_survive_json() -> None:
 
 def test_params_defaults_types_and_ranges() -> None:
     spec = REGISTRY.get("softplus")
-    assert validate_params(spec, {}, lenient=False, ignore_unknown=False, max_elements=LIMIT) == {
+    assert validate_params(spec, {}, lenient=False, ignore_unknown=False, limits=LIMITS) == {
         "beta": 1.0,
         "threshold": 20.0,
     }
     assert (
-        validate_params(spec, {"beta": 2}, lenient=False, ignore_unknown=False, max_elements=LIMIT)["beta"]
-        == 2.0
+        validate_params(spec, {"beta": 2}, lenient=False, ignore_unknown=False, limits=LIMITS)["beta"] == 2.0
     )
     with pytest.raises(InvalidInput, match="'beta'"):
-        validate_params(spec, {"beta": 0}, lenient=False, ignore_unknown=False, max_elements=LIMIT)
+        validate_params(spec, {"beta": 0}, lenient=False, ignore_unknown=False, limits=LIMITS)
     with pytest.raises(InvalidInput, match="'beta'"):
-        validate_params(spec, {"beta": True}, lenient=False, ignore_unknown=False, max_elements=LIMIT)
+        validate_params(spec, {"beta": True}, lenient=False, ignore_unknown=False, limits=LIMITS)
     with pytest.raises(InvalidInput, match="'beta'"):
-        validate_params(spec, {"beta": "2"}, lenient=False, ignore_unknown=False, max_elements=LIMIT)
+        validate_params(spec, {"beta": "2"}, lenient=False, ignore_unknown=False, limits=LIMITS)
     # V2 and gRPC spell numbers as strings at times, and ignore unknown params.
     lenient = validate_params(
-        spec, {"beta": "2", "x-trace": 1}, lenient=True, ignore_unknown=True, max_elements=LIMIT
+        spec, {"beta": "2", "x-trace": 1}, lenient=True, ignore_unknown=True, limits=LIMITS
     )
     assert lenient["beta"] == 2.0
 
 
 def test_shape_param_string_form() -> None:
     spec = REGISTRY.get("normal")
-    params = validate_params(
-        spec, {"shape": "500, 500"}, lenient=True, ignore_unknown=True, max_elements=LIMIT
-    )
+    params = validate_params(spec, {"shape": "500, 500"}, lenient=True, ignore_unknown=True, limits=LIMITS)
     assert params["shape"] == (500, 500)
     with pytest.raises(InvalidInput, match="'shape'"):
-        validate_params(spec, {"shape": "5,x"}, lenient=True, ignore_unknown=True, max_elements=LIMIT)
+        validate_params(spec, {"shape": "5,x"}, lenient=True, ignore_unknown=True, limits=LIMITS)
     with pytest.raises(RequestTooLarge):
         validate_params(
-            spec, {"shape": [1 << 20, 1 << 20]}, lenient=False, ignore_unknown=False, max_elements=LIMIT
+            spec, {"shape": [1 << 20, 1 << 20]}, lenient=False, ignore_unknown=False, limits=LIMITS
         )
 
 
@@ -122,7 +120,7 @@ def test_tensors_mixed_float_dtypes_follow_the_primary() -> None:
     out = validate_tensors(
         spec,
         {"input": torch.zeros(2, dtype=torch.float64), "target": torch.zeros(2, dtype=torch.float32)},
-        max_elements=LIMIT,
+        limits=LIMITS,
     )
     assert out["target"].dtype == torch.float64
 
@@ -133,10 +131,10 @@ def test_tensors_dtype_kinds() -> None:
         validate_tensors(
             spec,
             {"input": torch.zeros(2, 3, dtype=torch.int64), "target": torch.zeros(2)},
-            max_elements=LIMIT,
+            limits=LIMITS,
         )
     out = validate_tensors(
-        spec, {"input": torch.zeros(2, 3), "target": torch.zeros(2, dtype=torch.int32)}, max_elements=LIMIT
+        spec, {"input": torch.zeros(2, 3), "target": torch.zeros(2, dtype=torch.int32)}, limits=LIMITS
     )
     assert out["target"].dtype == torch.int64
 

@@ -19,10 +19,9 @@ import orjson
 import torch
 
 from gradserve.codecs.dtypes import BY_NAME, DType, by_name, of_tensor
-from gradserve.errors import InvalidInput, RequestTooLarge
+from gradserve.codecs.numbers import HARD_MAX_DIMS, check_shape_size, json_array, to_torch
+from gradserve.errors import InvalidInput
 from gradserve.ops.registry import TensorKind
-
-_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 def default_dtype(kind: TensorKind, array: np.ndarray) -> DType:
@@ -34,60 +33,24 @@ def default_dtype(kind: TensorKind, array: np.ndarray) -> DType:
     return BY_NAME["float32"]
 
 
-def _check_elements(name: str, count: int, max_elements: int) -> None:
-    if count > max_elements:
-        raise RequestTooLarge(
-            f"input {name!r}: {count} elements is over the limit of {max_elements} per tensor"
-        )
-
-
-def _parse_shape(name: str, shape: Any) -> tuple[int, ...]:
+def _parse_shape(name: str, shape: Any, max_elements: int) -> tuple[tuple[int, ...], int]:
+    """A request shape and its element count; 413 past the limits (numbers.py says why a
+    zero dimension does not make a shape free)."""
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise InvalidInput(f"input {name!r}: 'shape' must be a list of integers", code="bad_shape")
     if any(d < 0 for d in shape):
-        raise InvalidInput(f"input {name!r}: negative dimension in shape {shape}", code="bad_shape")
-    return tuple(shape)
+        raise InvalidInput(
+            f"input {name!r}: negative dimension in shape {shape[:HARD_MAX_DIMS]}", code="bad_shape"
+        )
+    count = check_shape_size(f"input {name!r}", shape, max_elements)
+    return tuple(shape), count
 
 
-def _from_values(name: str, values: Any, kind: TensorKind) -> np.ndarray:
-    """Nested list (or scalar) -> numpy array, refusing ragged and non-numeric data."""
-    try:
-        array = np.asarray(values)
-    except ValueError as exc:
-        if "inhomogeneous" in str(exc):
-            raise InvalidInput(
-                f"input {name!r}: ragged nested list (rows of different lengths)",
-                code="ragged_tensor",
-            ) from None
-        raise InvalidInput(f"input {name!r}: not a numeric tensor", code="bad_tensor") from None
-    if array.dtype.kind in "iuf":
-        return array
-    if array.dtype.kind in "US" and kind in ("float", "target"):
-        # Non-finite values arrive as strings; numpy parses "NaN" and "Infinity".
-        try:
-            return array.astype(np.float64)
-        except ValueError:
-            pass
-    if array.dtype == object and kind in ("float", "target"):
-        try:
-            return np.asarray(
-                [_NONFINITE.get(v, v) if isinstance(v, str) else v for v in array.ravel()],
-                dtype=np.float64,
-            ).reshape(array.shape)
-        except (ValueError, TypeError):
-            pass
-    raise InvalidInput(
-        f"input {name!r}: elements must be numbers (got {array.dtype.kind!r} data)", code="bad_tensor"
+def _from_values(name: str, values: Any, kind: TensorKind, max_elements: int) -> np.ndarray:
+    """Nested list (or scalar) -> int64 or float64 array, refusing ragged and non-numeric data."""
+    return json_array(
+        f"input {name!r}", values, strings=kind in ("float", "target"), max_elements=max_elements
     )
-
-
-def _to_torch(name: str, array: np.ndarray, dtype: DType) -> torch.Tensor:
-    if dtype.torch.is_floating_point:
-        # Through float64 so JSON's doubles round once, to the target dtype.
-        return torch.as_tensor(array.astype(np.float64, order="C")).to(dtype.torch)
-    if array.dtype.kind == "f" and (not np.all(np.isfinite(array)) or not np.all(array == np.round(array))):
-        raise InvalidInput(f"input {name!r}: dtype {dtype.name} needs integer values", code="bad_tensor")
-    return torch.as_tensor(array.astype(dtype.numpy, order="C"))
 
 
 def decode_tensor(name: str, value: Any, kind: TensorKind, max_elements: int) -> torch.Tensor:
@@ -99,16 +62,15 @@ def decode_tensor(name: str, value: Any, kind: TensorKind, max_elements: int) ->
             f"input {name!r}: expected a nested list or an object with dtype, shape and data or b64",
             code="bad_tensor",
         )
-    array = _from_values(name, value, kind)
-    _check_elements(name, array.size, max_elements)
-    return _to_torch(name, array, default_dtype(kind, array))
+    array = _from_values(name, value, kind, max_elements)
+    return to_torch(f"input {name!r}", array, default_dtype(kind, array).torch)
 
 
 def _decode_object(name: str, value: dict[str, Any], kind: TensorKind, max_elements: int) -> torch.Tensor:
     unknown = set(value) - {"dtype", "shape", "data", "b64"}
     if unknown:
         raise InvalidInput(
-            f"input {name!r}: unknown key(s) {sorted(unknown)}; expected dtype, shape and data or b64",
+            f"input {name!r}: unknown key(s) {sorted(unknown)[:8]}; expected dtype, shape and data or b64",
             code="bad_tensor",
         )
     if "shape" not in value or ("data" in value) == ("b64" in value):
@@ -116,14 +78,12 @@ def _decode_object(name: str, value: dict[str, Any], kind: TensorKind, max_eleme
             f"input {name!r}: an object tensor needs 'shape' and exactly one of 'data' or 'b64'",
             code="bad_tensor",
         )
-    shape = _parse_shape(name, value["shape"])
-    count = math.prod(shape)
-    _check_elements(name, count, max_elements)
+    shape, count = _parse_shape(name, value["shape"], max_elements)
     if "b64" in value:
         dtype = by_name(value.get("dtype", "float32"), f"input {name!r}")
         return _decode_b64(name, value["b64"], dtype, shape, count)
     data = value["data"]
-    array = _from_values(name, data if isinstance(data, list) else [data], kind)
+    array = _from_values(name, data if isinstance(data, list) else [data], kind, max_elements)
     if array.ndim != 1:
         raise InvalidInput(f"input {name!r}: 'data' must be a flat list", code="bad_tensor")
     if array.size != count:
@@ -132,7 +92,7 @@ def _decode_object(name: str, value: dict[str, Any], kind: TensorKind, max_eleme
             code="shape_mismatch",
         )
     dtype = by_name(value["dtype"], f"input {name!r}") if "dtype" in value else default_dtype(kind, array)
-    return _to_torch(name, array, dtype).reshape(shape)
+    return to_torch(f"input {name!r}", array, dtype.torch).reshape(shape)
 
 
 def _decode_b64(name: str, text: Any, dtype: DType, shape: tuple[int, ...], count: int) -> torch.Tensor:

@@ -27,12 +27,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 import torch
 
 from gradserve.codecs.dtypes import BY_V2, DType, of_tensor
-from gradserve.errors import InvalidInput, MalformedRequest, RequestTooLarge
+from gradserve.codecs.numbers import HARD_MAX_DIMS, check_shape_size, json_array, to_torch
+from gradserve.errors import InvalidInput, MalformedRequest
 from gradserve.ops.registry import OpSpec
 
 # The wire is little-endian; torch/numpy buffers are native-endian.
@@ -74,13 +74,6 @@ _RESERVED_PARAMS = frozenset(
 _UNSUPPORTED_TENSOR_PARAMS = frozenset(
     {"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset", "classification"}
 )
-_NONFINITE = {
-    "NaN": math.nan,
-    "Infinity": math.inf,
-    "-Infinity": -math.inf,
-    "inf": math.inf,
-    "-inf": -math.inf,
-}
 
 
 @dataclass(frozen=True)
@@ -133,18 +126,17 @@ def v2_dtype(datatype: object, where: str) -> DType:
 
 
 def check_shape(shape: object, where: str, max_elements: int) -> tuple[tuple[int, ...], int]:
-    """A V2 shape (list of non-negative ints) and its element count, within the limit."""
+    """A V2 shape (list of non-negative ints) and its element count, within the limits
+    (numbers.check_shape_size: dims, elements, and elements spanned past zero dims)."""
     if not isinstance(shape, (list, tuple)) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in shape
     ):
         raise MalformedRequest(f"{where}: 'shape' must be a list of integers", code="bad_shape")
     if any(d < 0 for d in shape):
-        raise MalformedRequest(f"{where}: negative dimension in shape {list(shape)}", code="bad_shape")
-    count = math.prod(shape)
-    if count > max_elements:
-        raise RequestTooLarge(
-            f"{where}: shape {list(shape)} has {count} elements, over the limit of {max_elements} per tensor"
+        raise MalformedRequest(
+            f"{where}: negative dimension in shape {list(shape)[:HARD_MAX_DIMS]}", code="bad_shape"
         )
+    count = check_shape_size(where, list(shape), max_elements)
     return tuple(shape), count
 
 
@@ -188,51 +180,28 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
         t = t.contiguous()
     if t.dtype == torch.bfloat16:  # numpy has no bfloat16; the bits are the same as int16's
         t = t.view(torch.int16)
+    if t.numel() == 0:  # memoryview cannot cast a view with a zero in its shape
+        return memoryview(b"")
     array = t.numpy()
     return (array if array.ndim else array.reshape(1)).data.cast("B")
 
 
-def _json_array(where: str, data: Any, dtype: DType) -> np.ndarray:
-    """JSON tensor data (flat or nested) -> numpy array of the request's datatype."""
-    try:
-        array = np.asarray(data)
-    except ValueError:
-        raise MalformedRequest(
-            f"{where}: 'data' is a ragged nested list (rows of different lengths)", code="ragged_tensor"
-        ) from None
-    kind = array.dtype.kind
-    floating = dtype.torch.is_floating_point
-    if kind == "f" and not floating:
-        if not bool(np.all(np.isfinite(array))) or not bool(np.all(array == np.round(array))):
-            raise InvalidInput(f"{where}: {dtype.v2} data must be integers", code="bad_tensor")
-    elif kind in "US" and floating:
-        # Non-finite values travel as strings ("NaN", "Infinity"): JSON has no literal.
-        try:
-            array = array.astype(np.float64)
-        except ValueError:
-            raise InvalidInput(f"{where}: 'data' elements must be numbers", code="bad_tensor") from None
-    elif kind == "O" and floating:
-        try:
-            flat = [_NONFINITE.get(v, v) if isinstance(v, str) else v for v in array.ravel()]
-            array = np.asarray(flat, dtype=np.float64).reshape(array.shape)
-        except (ValueError, TypeError):
-            raise InvalidInput(f"{where}: 'data' elements must be numbers", code="bad_tensor") from None
-    elif kind not in "iuf":
-        raise InvalidInput(f"{where}: 'data' elements must be numbers", code="bad_tensor")
-    return array
-
-
 def tensor_from_json(where: str, dtype: DType, shape: tuple[int, ...], count: int, data: Any) -> torch.Tensor:
-    """The ``data`` of a JSON input -> tensor of ``shape`` (count checked before reshaping)."""
-    array = _json_array(where, data if isinstance(data, list) else [data], dtype)
+    """The ``data`` of a JSON input (flat or nested) -> tensor of ``shape`` (count checked
+    before reshaping; values checked against the datatype's range)."""
+    array = json_array(
+        where,
+        data if isinstance(data, list) else [data],
+        strings=dtype.torch.is_floating_point,
+        max_elements=None,  # the data is in the body: its cost is the body's
+        ragged_error=MalformedRequest,
+    )
     if array.size != count:
         raise MalformedRequest(
             f"{where}: 'data' has {array.size} elements but shape {list(shape)} needs {count}",
             code="size_mismatch",
         )
-    if dtype.numpy is None:  # BF16: parse as float32, then round to bfloat16
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(dtype.torch).reshape(shape)
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype.numpy)).reshape(shape)
+    return to_torch(where, array.reshape(-1), dtype.torch).reshape(shape)
 
 
 def _json_data(t: torch.Tensor) -> Any:
@@ -289,7 +258,9 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit():
+    # str.isdigit() also takes "²" and "١", which int() refuses or reads: ASCII only,
+    # and short (int() of a long digit string is slow; no body needs 19 digits).
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise MalformedRequest(
             f"Inference-Header-Content-Length must be a non-negative integer, got {value!r}",
             code="bad_header_length",

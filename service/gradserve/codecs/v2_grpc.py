@@ -109,6 +109,8 @@ def encode_grpc_response(
     raw = []
     for name, t in outputs.items():
         response.outputs.add(name=name, datatype=of_tensor(t).v2, shape=list(t.shape))
+        # A zero-element output gets its entry too (empty): clients pair raw entries
+        # with outputs by position.
         raw.append(tensor_bytes(t))
     return InferResponseWire(response, raw)
 
@@ -171,7 +173,13 @@ def _encode_varint(value: int) -> bytes:
 def parse_infer_request(data: bytes) -> InferRequestWire:
     """The request deserializer of ModelInfer: top-level fields are walked by hand,
     raw_input_contents kept as views, everything else parsed by protobuf. Anything
-    unexpected is left to protobuf's own parser (and its errors)."""
+    unexpected is left to protobuf's own parser (and its errors).
+
+    Every length is checked against the end of ``data`` before it is used, so no
+    framing (a truncated varint, a length past the end, a varint of 10 bytes saying
+    2^70) reads past the buffer or allocates more than ``data`` holds: slices are views.
+    The only exception this raises is protobuf's ``DecodeError``; grpc/guards.py turns
+    it into INVALID_ARGUMENT (grpcio would answer UNKNOWN)."""
     view = memoryview(data)
     rest: list[memoryview] = []
     raw: list[memoryview] = []

@@ -18,7 +18,7 @@ def check_version(spec: OpSpec, version: str | None) -> None:
     """Each op is a model with the single version "1"; "" (gRPC) means the latest."""
     if version not in (None, "", MODEL_VERSION):
         raise OpNotFound(
-            f"model {spec.name!r} has no version {version!r}; its only version is {MODEL_VERSION}"
+            f"model {spec.name!r} has no version {version[:32]!r}; its only version is {MODEL_VERSION}"
         )
 
 
@@ -72,7 +72,11 @@ def _tensor_list(spec: OpSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any
     if spec.family == "init" and "shape" not in spec.input_index:
         inputs.append({"name": "shape", "datatype": "INT64", "shape": [-1], "optional": True})
     outputs = [
-        {"name": o.name, "datatype": "FP32", "shape": [-1] * _output_rank(spec, o)}
+        {
+            "name": o.name,
+            "datatype": "INT64" if o.dtype == "int64" else "FP32",
+            "shape": [-1] * _output_rank(spec, o),
+        }
         for o in (*spec.outputs, *spec.grad_outputs)
     ]
     return inputs, outputs

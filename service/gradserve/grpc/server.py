@@ -4,7 +4,10 @@ Flow position: ``gradserve serve`` (cli.py) -> **GrpcServer** -> servicer -> eng
 It serves inference.GRPCInferenceService, grpc.health.v1.Health (NOT_SERVING while
 warming, SERVING once every op is warm, NOT_SERVING for good from the moment a drain
 starts) and server reflection (so grpcurl needs no .proto file). Message size limits
-come from settings (large by default: tensors are big, grpcio's 4 MiB default is not).
+come from settings (large by default: tensors are big, grpcio's 4 MiB default is not),
+as do the caps on concurrent streams per connection and concurrent calls in all.
+Every method of every service goes through grpc/guards.py first, so an undecodable
+message is INVALID_ARGUMENT rather than grpcio's UNKNOWN and a logged traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gradserve.codecs import v2_grpc
 from gradserve.grpc.generated import inference_pb2 as pb
+from gradserve.grpc.guards import DecodeGuard
 from gradserve.grpc.servicer import InferenceServicer
 from gradserve.runtime import Runtime
 
@@ -60,13 +64,18 @@ class GrpcServer:
         settings = runtime.settings
         limit = settings.grpc_max_message_bytes
         self.server = grpc.aio.server(
+            interceptors=[DecodeGuard()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: grpcio's default is unlimited,
+                # so one connection could hold any number of calls open.
+                ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
                 # Without this, grpcio binds with SO_REUSEPORT: a second server on a
                 # taken port would start and silently share it instead of failing.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
+            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or None,
         )
         self.health = health.aio.HealthServicer()
         _add_inference_service(InferenceServicer(runtime.engine, runtime.registry), self.server)

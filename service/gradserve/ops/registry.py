@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import torch
 
-Family = Literal["activations", "losses", "init"]
+# "lab": the lecture's experiments (ops/lab.py), served at /v1/lab/<op>.
+Family = Literal["activations", "losses", "init", "lab"]
 # How requests of an op may share one kernel call:
 #   elementwise: every tensor is flattened and concatenated (any shapes batch together)
 #   rows:        tensors are concatenated along dim 0 (trailing dims must match)
@@ -73,6 +74,23 @@ class OutputSpec:
     doc: str
     # Its usual rank, for V2 metadata; None: a gradient's is its input's, others 2.
     rank: int | None = None
+    # "float": the request's float dtype (FP32 in V2 metadata); "int64": always int64
+    # (activation_stats' histogram counts).
+    dtype: Literal["float", "int64"] = "float"
+
+
+@dataclass(frozen=True)
+class Work:
+    """The cost of an op whose params, not its tensors, set what it computes (the lab).
+
+    The engine refuses a request over the ``lab_max_work`` setting (413) before it is
+    queued, and the executor never runs such an op inline on the event loop.
+    """
+
+    # Params (validated, defaults filled) -> the request's cost in multiply-adds.
+    of: Callable[[Mapping[str, Any]], int]
+    # How the cost is counted, for the 413 message ("depth * width^2 * batch").
+    formula: str
 
 
 @dataclass
@@ -120,6 +138,12 @@ class OpSpec:
     batchable: Batchable | None = None
     # Name of the optional upstream-gradient input (grad_y, grad_loss, grad_penalty).
     upstream: str | None = None
+    # Set for ops whose cost comes from their params (see Work).
+    work: Work | None = None
+    # Set for ops that build a tensor no input's size bounds (full_loss: scores [N, C]
+    # from x [N, D] and weight [C, D], whatever D, zero included): validated tensors and
+    # params -> (what it is, its element count). The engine caps it like an input.
+    intermediate: Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], tuple[str, int]] | None = None
     param_index: dict[str, ParamSpec] = field(init=False, repr=False, compare=False)
     input_index: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
 
@@ -158,7 +182,8 @@ class Registry:
         spec = self._ops.get(name)
         if spec is None or (family is not None and spec.family != family):
             where = f" under /{family}" if family else ""
-            raise OpNotFound(f"unknown op {name!r}{where}; GET /v1/ops lists the ops")
+            shown = repr(name[:64]) + ("..." if len(name) > 64 else "")  # names come from clients
+            raise OpNotFound(f"unknown op {shown}{where}; GET /v1/ops lists the ops")
         return spec
 
     def __iter__(self) -> Iterator[OpSpec]:

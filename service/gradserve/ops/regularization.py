@@ -241,6 +241,10 @@ FULL_LOSS = OpSpec(
     batch_mode="solo",
     check=_check_full_loss,
     upstream="grad_loss",
+    intermediate=lambda tensors, params: (
+        "scores [N, C]",
+        tensors["x"].shape[0] * tensors["weight"].shape[0],
+    ),
 )
 
 SPECS: tuple[OpSpec, ...] = (REGULARIZATION, FULL_LOSS)

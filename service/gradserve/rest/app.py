@@ -11,13 +11,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
 from gradserve import __version__
 from gradserve import metrics as metrics_mod
 from gradserve.config import Settings
-from gradserve.rest import errors, native, v2
+from gradserve.lab.plots import Plots
+from gradserve.rest import errors, lab, native, openapi, v2
 from gradserve.rest.fastpath import GradservApp
 from gradserve.runtime import Runtime
 
@@ -25,6 +25,8 @@ from gradserve.runtime import Runtime
 def create_app(runtime: Runtime | None = None, *, settings: Settings | None = None) -> FastAPI:
     owned = runtime is None
     rt = runtime if runtime is not None else Runtime(settings or Settings())
+    # The lab's plots belong to the app (their render worker stops with it).
+    plots = Plots(rt.engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -34,6 +36,7 @@ def create_app(runtime: Runtime | None = None, *, settings: Settings | None = No
         if owned:
             await rt.drain()
             rt.close()
+        await plots.aclose()
 
     app = GradservApp(
         title="gradserve",
@@ -45,6 +48,7 @@ def create_app(runtime: Runtime | None = None, *, settings: Settings | None = No
     errors.install(app)
     app.include_router(native.build_router(rt.engine, rt.registry))
     app.include_router(v2.build_router(rt.engine, rt.registry))
+    app.include_router(lab.build_router(plots))
     app.set_fast_routes(
         {family: native.infer_handler(rt.engine, rt.registry, family) for family in native.FAMILIES},
         v2.infer_handler(rt.engine, rt.registry),
@@ -71,16 +75,7 @@ def create_app(runtime: Runtime | None = None, *, settings: Settings | None = No
 
 
 def _openapi(app: FastAPI, rt: Runtime) -> dict[str, Any]:
-    """The generated schema plus a documented path and request model per op."""
-    if app.openapi_schema:
-        return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    paths, models = native.openapi_paths(rt.registry)
-    schema.setdefault("paths", {}).update(paths)
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in models:
-        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(model_schema.pop("$defs", {}))
-        components[model.__name__] = model_schema
-    app.openapi_schema = schema
-    return schema
+    """Built once, on first request (rest/openapi.py completes FastAPI's)."""
+    if not app.openapi_schema:
+        app.openapi_schema = openapi.build(app, rt.registry)
+    return app.openapi_schema

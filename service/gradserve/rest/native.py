@@ -17,13 +17,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gradserve.codecs.native import decode_tensor, dumps, encode_tensor
+from gradserve.codecs.numbers import check_json_answer
 from gradserve.engine import Engine
 from gradserve.errors import InvalidInput, MalformedRequest
 from gradserve.ops.registry import Family, OpSpec, Registry
-from gradserve.rest.body import read_body, until_disconnect
+from gradserve.rest.body import off_loop, read_body, until_disconnect
 from gradserve.rest.models import request_model
 
-FAMILIES: tuple[Family, ...] = ("activations", "losses", "init")
+FAMILIES: tuple[Family, ...] = ("activations", "losses", "init", "lab")
 
 
 def parse_json_object(body: bytes | memoryview) -> dict[str, Any]:
@@ -71,15 +72,18 @@ def infer_handler(
     async def handle(request: Request) -> Response:
         op = request.path_params["op"]
         spec = registry.get(op, family)
-        body = parse_json_object(await read_body(request, settings.max_body_bytes))
-        tensors, params, grad = split_body(spec, body, settings.max_tensor_elements)
+        raw = await read_body(request, settings.max_body_bytes)
+        tensors, params, grad = await off_loop(
+            len(raw), lambda: split_body(spec, parse_json_object(raw), settings.max_tensor_elements)
+        )
         outputs = await until_disconnect(
             request, engine.infer(op, tensors, params, grad=grad, family=family, transport="rest")
         )
-        return Response(
-            dumps({name: encode_tensor(t) for name, t in outputs.items()}),
-            media_type="application/json",
+        elements = check_json_answer(outputs.values(), settings.max_json_response_elements)
+        payload = await off_loop(
+            elements * 8, lambda: dumps({name: encode_tensor(t) for name, t in outputs.items()})
         )
+        return Response(payload, media_type="application/json")
 
     return handle
 

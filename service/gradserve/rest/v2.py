@@ -21,10 +21,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gradserve.codecs import v2, v2_models
+from gradserve.codecs.numbers import check_json_answer
 from gradserve.engine import Engine
 from gradserve.errors import MalformedRequest, RequestTooLarge
 from gradserve.ops.registry import OpSpec, Registry
-from gradserve.rest.body import read_body, until_disconnect
+from gradserve.rest.body import off_loop, read_body, until_disconnect
 
 _JSON = "application/json"
 _HEADER_LENGTH = "inference-header-content-length"
@@ -61,22 +62,37 @@ class PartsResponse(Response):
 
 def _decompress(body: bytes | memoryview, encoding: str, limit: int) -> bytes:
     """A gzip/deflate body (tritonclient's request_compression_algorithm), within ``limit``
-    once inflated: a small compressed body must not expand past the body limit."""
-    wbits = _DECODERS.get(encoding.strip().lower())
+    once inflated: a small compressed body must not expand past the body limit.
+
+    gzip allows several members one after the other (``gzip -d`` joins them), so each
+    is inflated in turn; bytes after a deflate stream, or that do not start another
+    gzip member, are refused rather than silently dropped.
+    """
+    name = encoding.strip().lower()
+    wbits = _DECODERS.get(name)
     if wbits is None:
         raise MalformedRequest(
-            f"unsupported Content-Encoding {encoding!r}; use gzip or deflate", code="bad_encoding"
+            f"unsupported Content-Encoding {encoding[:40]!r}; use gzip or deflate", code="bad_encoding"
         )
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise MalformedRequest(f"body is not valid {encoding}: {exc}", code="bad_encoding") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise RequestTooLarge(f"decompressed request body is over the limit of {limit} bytes")
-    if not inflater.eof:
-        raise MalformedRequest(f"{encoding} body is truncated", code="bad_encoding")
-    return out
+    out = bytearray()
+    rest = bytes(body)
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise MalformedRequest(f"body is not valid {name}: {exc}", code="bad_encoding") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise RequestTooLarge(f"decompressed request body is over the limit of {limit} bytes")
+        if not inflater.eof:
+            raise MalformedRequest(f"{name} body is truncated", code="bad_encoding")
+        rest = inflater.unused_data
+        if not rest:
+            return bytes(out)
+        if name != "gzip" or not rest.startswith(b"\x1f\x8b"):
+            raise MalformedRequest(
+                f"{len(rest)} bytes follow the end of the {name} data", code="bad_encoding"
+            )
 
 
 def _model(registry: Registry, request: Request) -> OpSpec:
@@ -99,14 +115,24 @@ def infer_handler(engine: Engine, registry: Registry) -> Callable[[Request], Awa
         header = request.headers.get(_HEADER_LENGTH)
         limit = settings.max_binary_body_bytes if header is not None else settings.max_body_bytes
         # Binary tensor data starts right after the JSON header: have it land aligned.
-        align = int(header) if header is not None and header.strip().isdigit() else 0
-        body: bytes | memoryview = await read_body(request, limit, align_offset=align)
+        ok = header is not None and header.isascii() and header.strip().isdigit() and len(header) <= 18
+        align = int(header) if ok and header is not None else 0
+        raw = await read_body(request, limit, align_offset=align)
         encoding = request.headers.get("content-encoding")
-        if encoding and encoding.strip().lower() != "identity":
-            body = _decompress(body, encoding, limit)
-        req = v2.decode_rest_request(
-            body, header, settings.max_tensor_elements, binary_aligned=isinstance(body, memoryview)
-        )
+
+        def decode() -> v2.V2Request:
+            body: bytes | memoryview = raw
+            if encoding and encoding.strip().lower() != "identity":
+                body = _decompress(body, encoding, limit)
+            return v2.decode_rest_request(
+                body, header, settings.max_tensor_elements, binary_aligned=isinstance(body, memoryview)
+            )
+
+        # A binary body is sliced, not parsed: only its JSON header and compressed
+        # bodies cost time worth a thread.
+        compressed = bool(encoding) and encoding is not None and encoding.strip().lower() != "identity"
+        json_bytes = len(raw) if header is None or compressed else align
+        req = await off_loop(json_bytes, decode)
         tensors, params = v2.engine_inputs(spec, req)
         timeout_s = None if req.timeout_s is None else min(req.timeout_s, settings.request_timeout_s)
         outputs = await until_disconnect(
@@ -121,8 +147,11 @@ def infer_handler(engine: Engine, registry: Registry) -> Callable[[Request], Awa
                 timeout_s=timeout_s,
             ),
         )
-        parts, head_length = v2.encode_rest_response(
-            spec.name, req.id, outputs, req.binary_flags(list(outputs))
+        flags = req.binary_flags(list(outputs))
+        as_json = [t for name, t in outputs.items() if not flags.get(name, False)]
+        elements = check_json_answer(as_json, settings.max_json_response_elements)
+        parts, head_length = await off_loop(
+            elements * 8, lambda: v2.encode_rest_response(spec.name, req.id, outputs, flags)
         )
         if head_length is None:
             return Response(parts[0], media_type=_JSON)

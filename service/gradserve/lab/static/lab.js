@@ -1,0 +1,219 @@
+// The lab page: every control maps to a public endpoint of the service.
+//   GET  /v1/ops                          the choices (activations, inits, their params)
+//   POST /v1/lab/activation_stats         the per-layer numbers (the table)
+//   GET  /v1/lab/plots/activation_stats   the histograms and curves (the figure)
+//   GET  /v1/lab/plots/activation, margin the side figures
+// Errors from the API are shown as the API words them; nothing is fetched from
+// outside the service.
+"use strict";
+
+// The lecture's five cases (depth 10, width 500 each).
+const PRESETS = {
+  tanh_small: { activation: "tanh", init: "normal", std: "0.01" },
+  tanh_big: { activation: "tanh", init: "normal", std: "1.0" },
+  tanh_xavier: { activation: "tanh", init: "xavier_normal", mode: "fan_in" },
+  relu_xavier: { activation: "relu", init: "xavier_normal", mode: "fan_in" },
+  relu_kaiming: { activation: "relu", init: "kaiming_normal", mode: "fan_in" },
+};
+const COLUMNS = ["mean", "std", "saturated", "dead", "grad_std"];
+
+const $ = (id) => document.getElementById(id);
+// init op name -> the names of its params (from the catalog), to show std or mode.
+const initParams = new Map();
+let runs = 0;
+let plotUrl = null;
+let shownActivation = null;
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+function showError(messages) {
+  const box = $("error");
+  const unique = [...new Set(messages)];
+  box.textContent = unique.join("\n");
+  box.hidden = unique.length === 0;
+}
+
+// An API error body -> its message ({"error": {"code", "message"}} under /v1).
+async function apiError(response) {
+  let message = `${response.status} ${response.statusText}`;
+  try {
+    const body = await response.json();
+    if (body && body.error) {
+      message = typeof body.error === "string" ? body.error : body.error.message;
+    }
+  } catch (_) {
+    // not JSON: keep the status line
+  }
+  return `${response.status}: ${message}`;
+}
+
+function fillSelect(select, choices, chosen) {
+  select.replaceChildren(
+    ...choices.map((name) => {
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      option.selected = name === chosen;
+      return option;
+    }),
+  );
+}
+
+// Show only the init params (std, mode) that the chosen init takes.
+function syncInitParams() {
+  const takes = initParams.get($("init").value) || new Set();
+  for (const label of document.querySelectorAll("[data-init-param]")) {
+    label.hidden = !takes.has(label.dataset.initParam);
+  }
+}
+
+// A control's value as the API expects it: numbers as numbers; anything else as typed,
+// so that the API (not this page) says what is wrong with it.
+function value(input) {
+  const text = input.value.trim();
+  if (text === "") return undefined;
+  if (input.type !== "number") return text;
+  const number = Number(text);
+  return Number.isFinite(number) ? number : text;
+}
+
+function readParams() {
+  const params = {};
+  for (const name of ["activation", "init", "depth", "width"]) {
+    const v = value($(name));
+    if (v !== undefined) params[name] = v;
+  }
+  for (const label of document.querySelectorAll("[data-init-param]")) {
+    if (label.hidden) continue;
+    const v = value(label.querySelector("input, select"));
+    if (v !== undefined) params[label.dataset.initParam] = v;
+  }
+  return params;
+}
+
+async function fetchPlot(query) {
+  const response = await fetch(`/v1/lab/plots/activation_stats?${query}`);
+  if (!response.ok) throw new Error(await apiError(response));
+  return response.blob();
+}
+
+async function fetchStats(params) {
+  const response = await fetch("/v1/lab/activation_stats", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(params),
+  });
+  if (!response.ok) throw new Error(await apiError(response));
+  return response.json();
+}
+
+function fillTable(stats, query) {
+  const depth = stats.std.data.length;
+  const rows = [];
+  for (let layer = 0; layer < depth; layer++) {
+    const row = document.createElement("tr");
+    const head = document.createElement("td");
+    head.textContent = String(layer + 1);
+    row.append(head);
+    for (const name of COLUMNS) {
+      const raw = stats[name].data[layer];
+      const number = Number(raw); // "NaN" and "Infinity" arrive as strings
+      const cell = document.createElement("td");
+      cell.dataset.column = name;
+      cell.dataset.value = String(raw);
+      cell.textContent = Number.isFinite(number) ? number.toPrecision(4) : String(raw);
+      row.append(cell);
+    }
+    rows.push(row);
+  }
+  $("stats").tBodies[0].replaceChildren(...rows);
+  $("stats").dataset.stale = "false";
+  $("stats").dataset.query = query;
+}
+
+function showPlot(blob, query) {
+  const img = $("plot");
+  const previous = plotUrl;
+  plotUrl = URL.createObjectURL(blob);
+  img.onload = () => {
+    img.dataset.query = query;
+    img.dataset.stale = "false";
+    if (previous) URL.revokeObjectURL(previous);
+  };
+  img.src = plotUrl;
+}
+
+async function run() {
+  const seq = ++runs;
+  const params = readParams();
+  const query = new URLSearchParams(Object.entries(params).map(([k, v]) => [k, String(v)])).toString();
+  $("run").disabled = true;
+  $("plot").dataset.stale = "true";
+  $("stats").dataset.stale = "true";
+  setStatus("running…");
+  const started = performance.now();
+  const [plot, stats] = await Promise.allSettled([fetchPlot(query), fetchStats(params)]);
+  if (seq !== runs) return; // a newer run has started; its answers win
+  $("run").disabled = false;
+  const errors = [plot, stats].filter((r) => r.status === "rejected").map((r) => r.reason.message);
+  showError(errors);
+  if (plot.status === "fulfilled") showPlot(plot.value, query);
+  if (stats.status === "fulfilled") fillTable(stats.value, query);
+  const seconds = ((performance.now() - started) / 1000).toFixed(1);
+  setStatus(errors.length ? "error" : `done in ${seconds} s`);
+  if (params.activation && params.activation !== shownActivation && !errors.length) {
+    shownActivation = params.activation;
+    $("activation-plot").src = `/v1/lab/plots/activation?op=${encodeURIComponent(shownActivation)}&img_width=640&img_height=400`;
+  }
+}
+
+function applyPreset(name) {
+  const preset = PRESETS[name];
+  $("activation").value = preset.activation;
+  $("init").value = preset.init;
+  syncInitParams();
+  if (preset.std !== undefined) $("std").value = preset.std;
+  if (preset.mode !== undefined) $("mode").value = preset.mode;
+  $("depth").value = "10";
+  $("width").value = "500";
+  for (const button of document.querySelectorAll("[data-preset]")) {
+    button.setAttribute("aria-pressed", String(button.dataset.preset === name));
+  }
+}
+
+async function start() {
+  const response = await fetch("/v1/ops");
+  if (!response.ok) {
+    showError([await apiError(response)]);
+    return;
+  }
+  const ops = (await response.json()).ops;
+  const lab = ops.find((op) => op.name === "activation_stats");
+  const param = (name) => lab.params.find((p) => p.name === name);
+  fillSelect($("activation"), param("activation").choices, param("activation").default);
+  fillSelect($("init"), param("init").choices, param("init").default);
+  for (const op of ops.filter((o) => o.family === "init")) {
+    initParams.set(op.name, new Set(op.params.map((p) => p.name)));
+  }
+  $("init").addEventListener("change", syncInitParams);
+  $("experiment").addEventListener("submit", (event) => {
+    event.preventDefault();
+    for (const button of document.querySelectorAll("[data-preset]")) button.setAttribute("aria-pressed", "false");
+    run();
+  });
+  for (const button of document.querySelectorAll("[data-preset]")) {
+    button.addEventListener("click", () => {
+      applyPreset(button.dataset.preset);
+      run();
+    });
+  }
+  $("margin-plot").src = "/v1/lab/plots/margin?img_width=640&img_height=400";
+  applyPreset("tanh_small");
+  await run();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  start().catch((error) => showError([String(error)]));
+});
