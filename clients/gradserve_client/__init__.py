@@ -14,6 +14,9 @@ exceptions of ``gradserve_client.errors``; overload and unavailability are retri
 per ``RetryPolicy``.
 """
 
+import warnings
+from typing import Any
+
 from gradserve_client._core import (
     ModelMetadata,
     OpInfo,
@@ -27,13 +30,16 @@ from gradserve_client._core import (
 from gradserve_client._grpc import AsyncGrpcClient, GrpcClient
 from gradserve_client._http import AsyncClient, Client
 from gradserve_client.errors import (
-    GradservError,
+    ALIAS_WARNING,
+    GradserveError,
     InvalidInputError,
     NotFoundError,
     OverloadedError,
     ServerError,
     TimedOutError,
+    TlsError,
     TooLargeError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
@@ -43,7 +49,7 @@ __all__ = [
     "AsyncClient",
     "AsyncGrpcClient",
     "Client",
-    "GradservError",
+    "GradserveError",
     "GrpcClient",
     "InvalidInputError",
     "ModelMetadata",
@@ -58,7 +64,17 @@ __all__ = [
     "TensorLike",
     "TensorMetadata",
     "TimedOutError",
+    "TlsError",
     "TooLargeError",
+    "UnauthenticatedError",
     "UnavailableError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``GradservError``, the base's earlier name: a deprecated alias of ``GradserveError``."""
+    if name == "GradservError":
+        warnings.warn(ALIAS_WARNING, DeprecationWarning, stacklevel=2)
+        return GradserveError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

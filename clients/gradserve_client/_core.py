@@ -29,14 +29,17 @@ from urllib.parse import quote
 import numpy as np
 from numpy.typing import NDArray
 
+from gradserve_client import _tls
 from gradserve_client.errors import (
-    GradservError,
+    GradserveError,
     InvalidInputError,
     NotFoundError,
     OverloadedError,
     ServerError,
     TimedOutError,
+    TlsError,
     TooLargeError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
@@ -461,7 +464,7 @@ def decode_http_infer(headers: Mapping[str, str], body: bytes) -> Outputs:
     return outputs
 
 
-def http_error(status: int, headers: Mapping[str, str], body: bytes) -> GradservError:
+def http_error(status: int, headers: Mapping[str, str], body: bytes) -> GradserveError:
     """A non-2xx answer -> its exception, carrying the server's message.
 
     Reads both error bodies: V2 ``{"error": "msg"}`` and native ``{"error": {"code", "message"}}``.
@@ -482,12 +485,15 @@ def http_error(status: int, headers: Mapping[str, str], body: bytes) -> Gradserv
             retry_after = float(headers["retry-after"])
         except ValueError:
             retry_after = None  # an HTTP-date: the backoff schedule applies instead
-    cls = _HTTP_STATUS.get(status, ServerError if status >= 500 else GradservError)
-    return cls(message, status=status, retry_after_s=retry_after)
+    cls = _HTTP_STATUS.get(status, ServerError if status >= 500 else GradserveError)
+    error = cls(message, status=status, retry_after_s=retry_after)
+    error.request_id = headers.get(REQUEST_ID_KEY)
+    return error
 
 
-_HTTP_STATUS: dict[int, type[GradservError]] = {
+_HTTP_STATUS: dict[int, type[GradserveError]] = {
     400: InvalidInputError,
+    401: UnauthenticatedError,
     404: NotFoundError,
     413: TooLargeError,
     422: InvalidInputError,
@@ -576,7 +582,9 @@ def _decode_typed_contents(name: str, datatype: str, shape: Sequence[int], conte
 
 # The trailing-metadata key in which gradserve names the error (its error code).
 ERROR_CODE_KEY = "gradserve-error-code"
-_EXHAUSTED_BY_CODE: dict[str, type[GradservError]] = {
+#: The server's id of a request: an HTTP answer header, a gRPC trailer.
+REQUEST_ID_KEY = "x-request-id"
+_EXHAUSTED_BY_CODE: dict[str, type[GradserveError]] = {
     "queue_full": OverloadedError,
     "request_too_large": TooLargeError,
     "device_out_of_memory": ServerError,
@@ -590,7 +598,7 @@ def grpc_error(
     *,
     client_closed: bool = False,
     deadline_passed: bool = False,
-) -> GradservError:
+) -> GradserveError:
     """A gRPC status (and gradserve's error code from the trailers) -> its exception.
 
     RESOURCE_EXHAUSTED means two things on gradserve: a full queue (retry) and a
@@ -608,7 +616,7 @@ def grpc_error(
     the caller cancels through asyncio raises CancelledError, never reaching here.)
     """
     message = details or code
-    cls: type[GradservError]
+    cls: type[GradserveError]
     if code == "CANCELLED":
         if deadline_passed:
             cls = TimedOutError
@@ -626,13 +634,16 @@ def grpc_error(
             cls = ServerError
         else:
             cls = TooLargeError
+    elif code == "UNAVAILABLE" and _tls.grpc_handshake_failed(message):
+        cls = TlsError  # a matter of trust, not of load: not retried
     else:
         cls = _GRPC_CODE.get(code, ServerError)
     return cls(message, grpc_code=code)
 
 
-_GRPC_CODE: dict[str, type[GradservError]] = {
+_GRPC_CODE: dict[str, type[GradserveError]] = {
     "INVALID_ARGUMENT": InvalidInputError,
+    "UNAUTHENTICATED": UnauthenticatedError,
     "NOT_FOUND": NotFoundError,
     "UNAVAILABLE": UnavailableError,
     "DEADLINE_EXCEEDED": TimedOutError,
@@ -687,7 +698,7 @@ class RetryPolicy:
             delay = max(delay, min(retry_after_s, self.max_backoff_s))
         return delay
 
-    def next_delay(self, error: GradservError, attempt: int, remaining_s: float) -> float | None:
+    def next_delay(self, error: GradserveError, attempt: int, remaining_s: float) -> float | None:
         """After ``attempt`` (1-based) failed with ``error``: seconds to wait, or None to give up."""
         if not error.retryable or attempt > self.max_retries:
             return None
@@ -719,6 +730,6 @@ class Deadline:
         return left
 
 
-def give_up(error: GradservError, attempt: int) -> GradservError:
+def give_up(error: GradserveError, attempt: int) -> GradserveError:
     error.attempts = attempt
     return error

@@ -31,7 +31,7 @@ from typing import Any, Self
 import grpc
 import grpc.aio
 
-from gradserve_client import _core
+from gradserve_client import _core, _tls
 from gradserve_client._core import (
     Deadline,
     InferRequest,
@@ -44,7 +44,8 @@ from gradserve_client._core import (
     TensorLike,
 )
 from gradserve_client._http import AsyncClient, Client
-from gradserve_client.errors import GradservError
+from gradserve_client._tls import PemPath
+from gradserve_client.errors import GradserveError
 
 log = logging.getLogger("gradserve_client")
 
@@ -62,13 +63,20 @@ class _GrpcCommon:
         retry: RetryPolicy | None,
         catalog_url: str | None,
         metadata: Sequence[tuple[str, str]] | None,
+        api_key: str | None,
+        tls_files: dict[str, PemPath | None],
     ) -> None:
         Deadline(timeout_s)  # validates
         self.target = target
         self.timeout_s = timeout_s
         self.retry = retry if retry is not None else RetryPolicy()
         self.catalog_url = catalog_url
-        self._call_metadata = tuple(metadata or ())
+        authorization = _tls.bearer(api_key)
+        self._call_metadata = tuple(metadata or ()) + (
+            (("authorization", authorization),) if authorization is not None else ()
+        )
+        # For ops(), which reads the catalog over HTTP with the same key and TLS files.
+        self._http_security: dict[str, Any] = {"api_key": api_key, **tls_files}
         self._metadata: dict[str, ModelMetadata] = {}
         self._pb, self._pb_grpc = _core.grpc_modules()
         # Set before the channel is closed: a call that then ends CANCELLED was
@@ -99,19 +107,33 @@ class _GrpcCommon:
         )
         return _core.grpc_infer_request(request)
 
-    def _rpc_error(self, exc: grpc.RpcError, deadline: Deadline) -> GradservError:
+    def _rpc_error(self, exc: grpc.RpcError, deadline: Deadline) -> GradserveError:
         call: Any = exc  # grpc.RpcError raised by a call is also a grpc.Call
         code = call.code()
         trailers = dict(call.trailing_metadata() or ())
-        return _core.grpc_error(
+        error = _core.grpc_error(
             code.name if code is not None else "UNKNOWN",
             call.details() or "",
             trailers.get(_core.ERROR_CODE_KEY),
             client_closed=self._closed,
             deadline_passed=deadline.remaining_s() <= 0,
         )
+        error.request_id = trailers.get(_core.REQUEST_ID_KEY)
+        return error
 
-    def _after_failure(self, error: GradservError, attempt: int, deadline: Deadline) -> float:
+    @staticmethod
+    def _secure(
+        credentials: grpc.ChannelCredentials | None, tls: bool, tls_files: dict[str, PemPath | None]
+    ) -> grpc.ChannelCredentials | None:
+        """The channel's credentials: the caller's own, or TLS from the files (or
+        grpcio's bundled roots with ``tls=True``); None for a plain-text channel."""
+        if credentials is not None:
+            return credentials
+        if tls or any(path is not None for path in tls_files.values()):
+            return _tls.grpc_credentials(**tls_files)
+        return None
+
+    def _after_failure(self, error: GradserveError, attempt: int, deadline: Deadline) -> float:
         delay = self.retry.next_delay(error, attempt, deadline.remaining_s())
         if delay is None:
             raise _core.give_up(error, attempt)
@@ -135,8 +157,15 @@ class GrpcClient(_GrpcCommon):
         timeout_s: default timeout of each call (the gRPC deadline), retries included.
         retry: the retry policy (default: up to 3 retries on overload/unavailability).
         catalog_url: the server's HTTP base URL, used only by ``ops()``.
-        credentials: TLS credentials; without them the channel is insecure.
+        credentials: TLS credentials, for full control; the options below cover the
+            usual cases. Without any of them the channel is plain text.
         metadata: extra metadata sent with every call.
+        api_key: the server's API key, sent as ``authorization: Bearer <key>`` metadata
+            (a wrong or missing one raises ``UnauthenticatedError``).
+        tls: use TLS, trusting grpcio's bundled roots (implied by the next three).
+        ca_cert: PEM file of the CA that signed the server's certificate.
+        client_cert, client_key: PEM files of this client's certificate and key, for a
+            server that requires mutual TLS.
         options: extra gRPC channel options.
     """
 
@@ -150,8 +179,15 @@ class GrpcClient(_GrpcCommon):
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        api_key: str | None = None,
+        tls: bool = False,
+        ca_cert: PemPath | None = None,
+        client_cert: PemPath | None = None,
+        client_key: PemPath | None = None,
     ) -> None:
-        super().__init__(target, timeout_s, retry, catalog_url, metadata)
+        files = {"ca_cert": ca_cert, "client_cert": client_cert, "client_key": client_key}
+        super().__init__(target, timeout_s, retry, catalog_url, metadata, api_key, files)
+        credentials = self._secure(credentials, tls, files)
         opts = self._channel_options(options)
         self._channel = (
             grpc.secure_channel(target, credentials, options=opts)
@@ -240,7 +276,12 @@ class GrpcClient(_GrpcCommon):
 
     def ops(self, *, timeout_s: float | None = None) -> list[OpInfo]:
         """The op catalog, read over HTTP from ``catalog_url`` (gRPC has no catalog rpc)."""
-        with Client(self._catalog_url(), timeout_s=timeout_s or self.timeout_s, retry=self.retry) as http:
+        with Client(
+            self._catalog_url(),
+            timeout_s=timeout_s or self.timeout_s,
+            retry=self.retry,
+            **self._http_security,
+        ) as http:
             return http.ops()
 
     def model_metadata(self, op: str, *, timeout_s: float | None = None) -> ModelMetadata:
@@ -262,16 +303,32 @@ class GrpcClient(_GrpcCommon):
 
     def live(self) -> bool:
         """Whether the server answers ServerLive with live=true. Never raises."""
-        return self._health(lambda t: self._stub.ServerLive(self._pb.ServerLiveRequest(), timeout=t).live)
+        return self._health(
+            lambda t: (
+                self._stub.ServerLive(
+                    self._pb.ServerLiveRequest(), timeout=t, metadata=self._call_metadata
+                ).live
+            )
+        )
 
     def ready(self) -> bool:
         """Whether the server answers ServerReady with ready=true."""
-        return self._health(lambda t: self._stub.ServerReady(self._pb.ServerReadyRequest(), timeout=t).ready)
+        return self._health(
+            lambda t: (
+                self._stub.ServerReady(
+                    self._pb.ServerReadyRequest(), timeout=t, metadata=self._call_metadata
+                ).ready
+            )
+        )
 
     def model_ready(self, op: str) -> bool:
         """Whether one op (V2 model) is ready (ModelReady rpc)."""
         return self._health(
-            lambda t: self._stub.ModelReady(self._pb.ModelReadyRequest(name=op), timeout=t).ready
+            lambda t: (
+                self._stub.ModelReady(
+                    self._pb.ModelReadyRequest(name=op), timeout=t, metadata=self._call_metadata
+                ).ready
+            )
         )
 
     def _health(self, probe: Callable[[float], bool]) -> bool:
@@ -306,8 +363,15 @@ class AsyncGrpcClient(_GrpcCommon):
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        api_key: str | None = None,
+        tls: bool = False,
+        ca_cert: PemPath | None = None,
+        client_cert: PemPath | None = None,
+        client_key: PemPath | None = None,
     ) -> None:
-        super().__init__(target, timeout_s, retry, catalog_url, metadata)
+        files = {"ca_cert": ca_cert, "client_cert": client_cert, "client_key": client_key}
+        super().__init__(target, timeout_s, retry, catalog_url, metadata, api_key, files)
+        credentials = self._secure(credentials, tls, files)
         opts = self._channel_options(options)
         self._channel = (
             grpc.aio.secure_channel(target, credentials, options=opts)
@@ -399,7 +463,10 @@ class AsyncGrpcClient(_GrpcCommon):
     async def ops(self, *, timeout_s: float | None = None) -> list[OpInfo]:
         """The op catalog, read over HTTP from ``catalog_url`` (gRPC has no catalog rpc)."""
         async with AsyncClient(
-            self._catalog_url(), timeout_s=timeout_s or self.timeout_s, retry=self.retry
+            self._catalog_url(),
+            timeout_s=timeout_s or self.timeout_s,
+            retry=self.retry,
+            **self._http_security,
         ) as http:
             return await http.ops()
 
@@ -434,7 +501,9 @@ class AsyncGrpcClient(_GrpcCommon):
 
     async def _health(self, method: Any, request: Any, field: str) -> bool:
         try:
-            return bool(getattr(await method(request, timeout=self.timeout_s), field))
+            return bool(
+                getattr(await method(request, timeout=self.timeout_s, metadata=self._call_metadata), field)
+            )
         except grpc.RpcError:
             return False
 

@@ -19,7 +19,7 @@ from typing import Any, Self
 
 import httpx
 
-from gradserve_client import _core
+from gradserve_client import _core, _tls
 from gradserve_client._core import (
     Deadline,
     HttpRequest,
@@ -32,11 +32,13 @@ from gradserve_client._core import (
     ServerMetadata,
     TensorLike,
 )
+from gradserve_client._tls import PemPath
 from gradserve_client.errors import (
-    GradservError,
+    GradserveError,
     InvalidInputError,
     ServerError,
     TimedOutError,
+    TlsError,
     UnavailableError,
 )
 
@@ -65,13 +67,15 @@ def _limits(keepalive_expiry_s: float) -> httpx.Limits:
     )
 
 
-def _transport_error(exc: httpx.TransportError, url: str, *, answer_started: bool) -> GradservError:
+def _transport_error(exc: httpx.TransportError, url: str, *, answer_started: bool) -> GradserveError:
     """An httpx transport failure -> its exception; ``answer_started``: the status line
     and headers had arrived when it failed.
 
     - A timeout has used up the call's time (each attempt gets what is left): final.
     - A URL or request httpx cannot send (unsupported scheme, a header it rejects)
       would fail the same way again: InvalidInputError, final.
+    - A TLS handshake refused for want of trust (the server's certificate, or this
+      client's under mutual TLS): TlsError, final.
     - The connection failed before any answer came: refused, or closed or reset while
       the request went out or while waiting (``RemoteProtocolError`` "Server
       disconnected without sending a response", ``ReadError``, ``WriteError``), which
@@ -86,9 +90,29 @@ def _transport_error(exc: httpx.TransportError, url: str, *, answer_started: boo
         return TimedOutError(f"no answer from {url} in time ({name})")
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
         return InvalidInputError(f"cannot send to {url}: {name}: {exc}")
+    reason = _tls.handshake_failure(exc)
+    if reason is not None:  # a matter of trust, not of load: final
+        return TlsError(f"TLS with {url} failed: {reason}")
     if answer_started:
         return ServerError(f"connection to {url} broke during the answer: {name}: {exc}")
     return UnavailableError(f"cannot reach {url}: {name}: {exc}")
+
+
+def _security(
+    headers: Mapping[str, str] | None,
+    api_key: str | None,
+    ca_cert: PemPath | None,
+    client_cert: PemPath | None,
+    client_key: PemPath | None,
+) -> dict[str, Any]:
+    """httpx's ``headers`` (with the key's Authorization) and ``verify`` (with the CA and
+    the client certificate), from the clients' options (_tls.py)."""
+    merged = dict(headers or {})
+    authorization = _tls.bearer(api_key)
+    if authorization is not None:
+        merged["Authorization"] = authorization
+    context = _tls.ssl_context(ca_cert, client_cert, client_key)
+    return {"headers": merged, **({"verify": context} if context is not None else {})}
 
 
 def _build_request(
@@ -137,7 +161,7 @@ class _HttpCommon:
         )
         return _core.http_infer_request(request, binary=self.binary)
 
-    def _after_failure(self, error: GradservError, attempt: int, deadline: Deadline) -> float:
+    def _after_failure(self, error: GradserveError, attempt: int, deadline: Deadline) -> float:
         delay = self.retry.next_delay(error, attempt, deadline.remaining_s())
         if delay is None:
             raise _core.give_up(error, attempt)
@@ -158,6 +182,13 @@ class Client(_HttpCommon):
         keepalive_expiry_s: how long an idle pooled connection is kept for reuse;
             keep it below the server's keep-alive timeout (gradserve: 75 s,
             ``--http-keep-alive-s``). Ignored with ``transport=``, which pools on its own.
+        api_key: the server's API key, sent as ``Authorization: Bearer <key>``
+            (a wrong or missing one raises ``UnauthenticatedError``).
+        ca_cert: PEM file of the CA that signed the server's certificate, for an
+            ``https://`` URL whose server the system's roots do not vouch for.
+        client_cert, client_key: PEM files of this client's certificate and key,
+            for a server that requires mutual TLS. Both TLS options are ignored with
+            ``transport=``, which makes its own connections.
 
     Use it as a context manager, or call ``close()``.
     """
@@ -172,12 +203,16 @@ class Client(_HttpCommon):
         transport: httpx.BaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
         keepalive_expiry_s: float = DEFAULT_KEEPALIVE_EXPIRY_S,
+        api_key: str | None = None,
+        ca_cert: PemPath | None = None,
+        client_cert: PemPath | None = None,
+        client_key: PemPath | None = None,
     ) -> None:
         super().__init__(url, timeout_s, retry, binary)
         self._http = httpx.Client(
             base_url=self.url,
             transport=transport,
-            headers=headers,
+            **_security(headers, api_key, ca_cert, client_cert, client_key),
             timeout=timeout_s,
             limits=_limits(keepalive_expiry_s),
         )
@@ -364,7 +399,7 @@ class Client(_HttpCommon):
                 error = outcome
             time.sleep(self._after_failure(error, attempt, deadline))
 
-    def _attempt(self, request: httpx.Request) -> httpx.Response | GradservError:
+    def _attempt(self, request: httpx.Request) -> httpx.Response | GradserveError:
         # Streamed, so that a failure before the answer's head (retryable) is told
         # apart from one while its body is read (final); see _transport_error.
         try:
@@ -395,12 +430,16 @@ class AsyncClient(_HttpCommon):
         transport: httpx.AsyncBaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
         keepalive_expiry_s: float = DEFAULT_KEEPALIVE_EXPIRY_S,
+        api_key: str | None = None,
+        ca_cert: PemPath | None = None,
+        client_cert: PemPath | None = None,
+        client_key: PemPath | None = None,
     ) -> None:
         super().__init__(url, timeout_s, retry, binary)
         self._http = httpx.AsyncClient(
             base_url=self.url,
             transport=transport,
-            headers=headers,
+            **_security(headers, api_key, ca_cert, client_cert, client_key),
             timeout=timeout_s,
             limits=_limits(keepalive_expiry_s),
         )
@@ -533,7 +572,7 @@ class AsyncClient(_HttpCommon):
                 error = outcome
             await asyncio.sleep(self._after_failure(error, attempt, deadline))
 
-    async def _attempt(self, request: httpx.Request) -> httpx.Response | GradservError:
+    async def _attempt(self, request: httpx.Request) -> httpx.Response | GradserveError:
         # Streamed, as in Client._attempt: a failure before the answer's head is retried.
         try:
             response = await self._http.send(request, stream=True)

@@ -38,6 +38,7 @@ from gradserve.config import Settings
 from gradserve.engine import OpRequest, Runner
 from gradserve.errors import DeadlineExceeded, GradservError, InternalError, Overloaded, Unavailable
 from gradserve.metrics import Metrics
+from gradserve.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,18 @@ def _freeze(value: object) -> Hashable:
 class DynamicBatcher:
     """Bounded, deadline- and cancel-aware request queue in front of the executor."""
 
-    def __init__(self, settings: Settings, runner: Runner, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        runner: Runner,
+        metrics: Metrics | None = None,
+        *,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.settings = settings
         self.runner = runner
         self.metrics = metrics
+        self.tracing = tracing  # None when tracing is off (tracing.py)
         self._buckets: OrderedDict[Hashable, _Bucket] = OrderedDict()
         self._pending = 0
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -186,6 +195,8 @@ class DynamicBatcher:
         self._arrival.set()
         if self.metrics is not None:
             self.metrics.enqueued(request.spec.name)
+        if self.tracing is not None:
+            self.tracing.queued(request.context, request.spec.name)
         # One timer per request answers 504 at its deadline if it is still queued; a
         # running request is answered whatever its deadline.
         timer = (
@@ -226,6 +237,8 @@ class DynamicBatcher:
             item.future.set_exception(error)
         if self.metrics is not None:
             self.metrics.dequeued(item.request.spec.name)
+        if self.tracing is not None:
+            self.tracing.left_queue(item.request.context, "cancelled" if error is None else error.code)
         self._check_idle()
 
     def _check_idle(self) -> None:
@@ -320,6 +333,13 @@ class DynamicBatcher:
     async def _run_batch(self, items: list[_Item]) -> None:
         first = items[0].request
         started = time.monotonic()
+        spans = (
+            None
+            if self.tracing is None
+            else self.tracing.batch(
+                first.spec.name, [i.request.context for i in items], sum(i.rows for i in items)
+            )
+        )
         try:
             outputs = await self.runner.run(
                 first.spec,
@@ -343,6 +363,8 @@ class DynamicBatcher:
             error = InternalError("internal error while computing")
         finally:
             self._slots.release()
+            if spans is not None:
+                spans.kernel_done()
         compute_s = time.monotonic() - started
         if self.metrics is not None:
             self.metrics.batch(first.spec.name, len(items), sum(i.rows for i in items))
@@ -350,12 +372,16 @@ class DynamicBatcher:
             item.state = DONE
             if self.metrics is not None:
                 self.metrics.queued(item.request, started - item.enqueued_s, compute_s)
+            if item.request.context is not None:  # for the request's access log line
+                item.request.context.ran(started - item.enqueued_s, compute_s, len(items))
             if item.future.done():
                 continue
             if error is not None:
                 item.future.set_exception(error)
             else:
                 item.future.set_result(outputs[n])
+        if spans is not None:
+            spans.end(None if error is None else error.code)
         self._check_idle_after(asyncio.current_task())
 
     def _check_idle_after(self, task: asyncio.Task[None] | None) -> None:

@@ -5,7 +5,8 @@ for the drain delay (load balancers need that long to stop routing here), then n
 is refused, queued and running work completes (up to the drain timeout), and both
 servers stop. A second signal cuts the delay short.
 The flags are derived from the Settings fields, so each setting has a flag and an
-environment variable and neither list can drift.
+environment variable and neither list can drift; a boolean setting is a switch
+(``--batching`` / ``--no-batching``; ``--no-grpc`` is short for ``--no-grpc-enabled``).
 """
 
 from __future__ import annotations
@@ -15,30 +16,69 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 import types
 from collections.abc import Sequence
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import uvicorn
 
-from gradserve import __version__
+from gradserve import __version__, logs, malloc
 from gradserve.config import Settings
 
+if TYPE_CHECKING:
+    from gradserve.runtime import Runtime
+
 log = logging.getLogger("gradserve")
+
+
+# Extra spellings of a boolean setting's off switch (``--no-grpc`` for grpc_enabled).
+_OFF_ALIASES: dict[str, tuple[str, ...]] = {"grpc_enabled": ("--no-grpc",)}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _bool_value(text: str) -> bool:
+    word = text.lower()
+    if word in _TRUE + _FALSE:
+        return word in _TRUE
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text[:40]!r}")
+
+
+def _add_switch(parser: argparse.ArgumentParser, name: str, description: str, env_help: str) -> None:
+    """A boolean setting as a switch: ``--batching`` turns it on, ``--no-batching`` off.
+
+    The on form still takes an optional value (``--batching false``), the form these
+    flags had before they were switches, so existing scripts keep working.
+    """
+    flag = f"--{name.replace('_', '-')}"
+    offs = [f"--no-{flag[2:]}", *_OFF_ALIASES.get(name, ())]
+    parser.add_argument(
+        flag,
+        dest=name,
+        type=_bool_value,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="true|false",
+        help=f"{description} Off: {' or '.join(offs)}. {env_help}",
+    )
+    parser.add_argument(*offs, dest=name, action="store_const", const=False, help=argparse.SUPPRESS)
 
 
 def _flag_type(annotation: Any) -> tuple[Any, Sequence[str] | None]:
     choices = get_args(annotation)
     if choices and all(isinstance(c, str) for c in choices):
         return str, choices
-    if annotation is bool:
-        return lambda v: v.lower() in ("1", "true", "yes", "on"), None
     return annotation, None
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
+        env_help = f"[env GRADSERVE_{name.upper()}; default {field.default!r}]"
+        if field.annotation is bool:
+            _add_switch(parser, name, str(field.description), env_help)
+            continue
         kind, choices = _flag_type(field.annotation)
         parser.add_argument(
             f"--{name.replace('_', '-')}",
@@ -47,7 +87,7 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             choices=choices,
             default=None,
             metavar=None if choices else name.upper(),
-            help=f"{field.description} [env GRADSERVE_{name.upper()}; default {field.default!r}]",
+            help=f"{field.description} {env_help}",
         )
 
 
@@ -77,12 +117,34 @@ class _Server(uvicorn.Server):
         self._on_signal(sig)
 
 
+def _http_tls(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS arguments (none without ``tls_cert``); with ``tls_client_ca`` a client
+    must present a certificate signed by it (the handshake fails otherwise)."""
+    if not settings.tls_cert:
+        return {}
+    return {
+        "ssl_certfile": settings.tls_cert,
+        "ssl_keyfile": settings.tls_key,
+        "ssl_ca_certs": settings.tls_client_ca or None,
+        "ssl_cert_reqs": ssl.CERT_REQUIRED if settings.tls_client_ca else ssl.CERT_NONE,
+    }
+
+
+def _log_guards(settings: Settings, runtime: Runtime) -> None:
+    """One start-up line saying what guards this server (never the keys themselves)."""
+    keys = "off" if runtime.keys is None else f"{len(runtime.keys)} configured"
+    probes = "keyed" if settings.api_keys_on_probes and runtime.keys is not None else "open"
+    tls = "off" if not settings.tls_cert else ("mutual" if settings.tls_client_ca else "on")
+    log.info("API keys: %s (probes %s); TLS: %s; tracing: %s", keys, probes, tls, settings.otel_exporter)
+
+
 async def serve(settings: Settings) -> None:
     from gradserve.grpc.server import GrpcServer
     from gradserve.rest.app import create_app
     from gradserve.rest.connections import guarded_protocol
     from gradserve.runtime import Runtime
 
+    malloc.tune(settings.malloc_mmap_threshold_bytes)  # before the runtime allocates
     runtime = Runtime(settings)
     app = create_app(runtime)
     config = uvicorn.Config(
@@ -96,8 +158,11 @@ async def serve(settings: Settings) -> None:
         lifespan="on",
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         timeout_keep_alive=settings.http_keep_alive_s,  # longer than client pools: see config.py
-        access_log=False,
+        access_log=False,  # ours (rest/gate.py) has the request id, op and timings
+        log_config=None,  # uvicorn's lines go through our handler and format (logs.py)
+        **_http_tls(settings),
     )
+    _log_guards(settings, runtime)
     stopping = asyncio.Event()
     server = _Server(config, lambda sig: stopping.set())
     grpc_server = GrpcServer(runtime) if settings.grpc_enabled and settings.grpc_port else None
@@ -149,9 +214,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    problem = settings.tls_problem()
+    if problem is not None:
+        sys.exit(f"gradserve serve: {problem}")
+    logs.configure(settings)  # text or JSON lines on stderr
     try:
         import uvloop
 

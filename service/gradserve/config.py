@@ -51,6 +51,24 @@ class Settings(BaseSettings):
         description="Most gRPC calls handled at once over all connections; past it grpcio answers "
         "RESOURCE_EXHAUSTED (Concurrent RPC limit exceeded) at once, nothing started; 0: no cap.",
     )
+    # ModelStreamInfer runs each message of a stream as its own request, concurrently;
+    # past this many unanswered ones the stream's next message is not read, so HTTP/2
+    # flow control holds the client back instead of the server queueing its work.
+    grpc_stream_max_in_flight: int = Field(
+        256,
+        ge=1,
+        description="Most requests of one gRPC ModelStreamInfer stream being run at once; the stream's "
+        "next message is read when one of them is answered.",
+    )
+    shared_memory_enabled: bool = Field(
+        True,
+        description="Offer the system shared-memory extension (REST /v2/systemsharedmemory, gRPC "
+        "SystemSharedMemory*); off: not advertised, and its routes and tensor parameters answer 400.",
+    )
+    # Each region holds an open file and a mapping until it is unregistered.
+    shared_memory_max_regions: int = Field(
+        256, ge=1, description="Most shared-memory regions registered at once; registering past it is 400."
+    )
     max_tensor_elements: int = Field(
         16 * MiB,
         gt=0,
@@ -114,6 +132,14 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM, longest wait for queued and running work before exit."
     )
+    malloc_mmap_threshold_bytes: int = Field(
+        0,
+        ge=0,
+        le=32 * MiB,
+        description="glibc: serve allocations of at least this many bytes with their own mmap, "
+        "returned when freed (less memory held after load, slower large tensors; malloc.py); "
+        "0: glibc's adaptive default.",
+    )
     drain_delay_s: float = Field(
         0.0,
         ge=0,
@@ -170,3 +196,52 @@ class Settings(BaseSettings):
         description="Longest time an answer may wait for a client that does not read it; past it the "
         "connection closes and the answer is dropped.",
     )
+
+    # Guards and observability (docs/security.md). Keys: auth.py; TLS: cli.py (HTTP)
+    # and grpc/server.py; request ids and spans: tracing.py; log lines: logs.py.
+    api_keys: str = Field(
+        "",
+        repr=False,  # a secret: kept out of reprs (and so out of logs and tracebacks)
+        description="API keys, comma-separated; when any is set (here or in api_keys_file), /v1, /v2 and "
+        "gRPC need `Authorization: Bearer <key>`. Prefer the environment or the file: flags show in `ps`.",
+    )
+    api_keys_file: str = Field(
+        "",
+        description="A file of API keys, one per line (blank lines and # comments skipped), read at start.",
+    )
+    api_keys_on_probes: bool = Field(
+        False,
+        description="With keys set, require one on the probes too: /healthz, /readyz, /metrics, "
+        "/v2/health/live and /ready, gRPC health, ServerLive and ServerReady (open by default).",
+    )
+    tls_cert: str = Field(
+        "",
+        description="PEM certificate (chain) for HTTP and gRPC; with tls_key both ports serve TLS only.",
+    )
+    tls_key: str = Field("", description="PEM private key of tls_cert.")
+    tls_client_ca: str = Field(
+        "",
+        description="PEM CA bundle for mutual TLS: both ports refuse clients without a certificate it signed.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or one JSON object per line (with the request id)."
+    )
+    access_log: bool = Field(
+        True,
+        description="One log line per request at INFO: request id, transport, op, status, batch size, "
+        "queue, compute and total time (never tensor contents).",
+    )
+    otel_exporter: Literal["none", "console", "otlp"] = Field(
+        "none",
+        description="OpenTelemetry spans (transport, queue, batch, kernel): none, console (stdout), or "
+        "otlp (gRPC, to OTEL_EXPORTER_OTLP_ENDPOINT; needs the otlp extra).",
+    )
+
+    def tls_problem(self) -> str | None:
+        """What is wrong with the TLS settings, if anything (``gradserve serve`` checks at
+        start). Not a pydantic validator: its error would echo every input, keys included."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            return "tls_cert and tls_key go together: set both or neither"
+        if self.tls_client_ca and not self.tls_cert:
+            return "tls_client_ca (mutual TLS) needs tls_cert and tls_key"
+        return None

@@ -21,6 +21,7 @@ import torch
 from gradserve.config import Settings
 from gradserve.errors import GradservError, RequestTooLarge, Unavailable
 from gradserve.ops.registry import Family, OpSpec, Registry
+from gradserve.tracing import CURRENT, RequestContext
 
 if TYPE_CHECKING:
     from gradserve.metrics import Metrics
@@ -41,6 +42,9 @@ class OpRequest:
     # Monotonic times, set by the engine on arrival.
     arrived_s: float = field(default_factory=time.monotonic)
     deadline_s: float | None = None
+    # The call it belongs to (tracing.py): the batcher records its queue and compute
+    # time there, and hangs its spans off it. None outside a transport (warm-up, tests).
+    context: RequestContext | None = None
 
 
 class Runner(Protocol):
@@ -125,7 +129,7 @@ class Engine:
         want = resolve_outputs(spec, checked, outputs, grad)
         now = time.monotonic()
         timeout = self.settings.request_timeout_s if timeout_s is None else timeout_s
-        return OpRequest(spec, checked, checked_params, want, transport, now, now + timeout)
+        return OpRequest(spec, checked, checked_params, want, transport, now, now + timeout, CURRENT.get())
 
     def _check_work(self, spec: OpSpec, params: Mapping[str, Any]) -> None:
         """413 for an op whose params ask for more compute than ``lab_max_work``: no
@@ -170,8 +174,12 @@ class Engine:
         finally:
             # Only known op names become label values: garbage names must not grow
             # the metric's cardinality.
-            if self.metrics is not None and op in self.registry:
+            known = op in self.registry
+            if self.metrics is not None and known:
                 self.metrics.answered(op, transport, outcome, time.monotonic() - started)
+            ctx = CURRENT.get()
+            if ctx is not None:  # the access log line and the call's span
+                ctx.answered(op if known else "(unknown)", outcome)
 
     async def warm_up(self, runner: Runner) -> None:
         """Run every op once (with and without gradients) on the device, then turn ready."""

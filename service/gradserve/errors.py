@@ -65,6 +65,35 @@ class InvalidInput(GradservError):
     kind = ErrorKind("invalid_input", 422, grpc.StatusCode.INVALID_ARGUMENT)
 
 
+class SharedMemoryError(GradservError):
+    """A shared-memory region named by a request cannot serve it: an offset or size
+    outside the region, a region whose object was removed or truncated, an output
+    region too small for the answer, a key that names no shared memory object."""
+
+    kind = ErrorKind("shared_memory_error", 400, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+class RegionNotFound(GradservError):
+    """No shared-memory region is registered under that name."""
+
+    kind = ErrorKind("region_not_found", 404, grpc.StatusCode.NOT_FOUND)
+
+
+class RegionExists(GradservError):
+    """A shared-memory region of that name is already registered (Triton's
+    ALREADY_EXISTS): unregister it first."""
+
+    kind = ErrorKind("region_exists", 409, grpc.StatusCode.ALREADY_EXISTS)
+
+
+class NotSupported(GradservError):
+    """A protocol extension this server does not offer: turned off by a setting, or
+    not possible here (CUDA shared memory without CUDA). A 4xx, not Triton's 501:
+    retrying cannot help, and the client asked for it."""
+
+    kind = ErrorKind("not_supported", 400, grpc.StatusCode.UNIMPLEMENTED)
+
+
 class Overloaded(GradservError):
     """The queue is full: refused up front, nothing was started."""
 

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 from gradserve.engine import OpRequest
 
@@ -29,6 +30,11 @@ _US_BUCKETS = (
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 10_000_000,
 )  # fmt: skip
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Device memory gauges, served only when the device is a CUDA GPU.
+GPU_GAUGES = (
+    ("nv_gpu_memory_used_bytes", "Device memory allocated by torch (CUDA only)."),
+    ("nv_gpu_memory_total_bytes", "Device memory in total (CUDA only)."),
+)
 
 
 def _number(value: float) -> str:
@@ -139,15 +145,10 @@ class Metrics:
             "nv_inference_batch_size_requests", "Requests per kernel call.",
             ["model", "version"], buckets=_SIZE_BUCKETS, registry=r,
         )  # fmt: skip
-        self.gpu_memory_used = Gauge(
-            "nv_gpu_memory_used_bytes",
-            "Device memory allocated by torch (CUDA only).",
-            ["gpu_uuid"],
-            registry=r,
-        )
-        self.gpu_memory_total = Gauge(
-            "nv_gpu_memory_total_bytes", "Device memory in total (CUDA only).", ["gpu_uuid"], registry=r
-        )
+        # Created by the first scrape on a CUDA device: a CPU server shows no GPU families
+        # (a labelled gauge would render its HELP and TYPE lines even with no samples).
+        self.gpu_memory_used: Gauge | None = None
+        self.gpu_memory_total: Gauge | None = None
 
     # -- recording ------------------------------------------------------------------
 
@@ -186,8 +187,27 @@ class Metrics:
             return
         index = torch.device(device).index or 0
         uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", index))
+        if self.gpu_memory_used is None or self.gpu_memory_total is None:
+            (used, used_doc), (total, total_doc) = GPU_GAUGES
+            self.gpu_memory_used = Gauge(used, used_doc, ["gpu_uuid"], registry=self.registry)
+            self.gpu_memory_total = Gauge(total, total_doc, ["gpu_uuid"], registry=self.registry)
         self.gpu_memory_used.labels(uuid).set(torch.cuda.memory_allocated(index))
         self.gpu_memory_total.labels(uuid).set(torch.cuda.get_device_properties(index).total_memory)
+
+    def families(self) -> list[tuple[str, str, tuple[str, ...], str]]:
+        """(name, type, labels, help) of every family this server can expose, the CUDA
+        ones included (for the README's metrics table, docs_gen.py)."""
+        out: list[tuple[str, str, tuple[str, ...], str]] = []
+        # Every collector attribute, in the order they are declared: one added later is
+        # listed without a change here.
+        for value in vars(self).values():
+            if isinstance(value, _Series):
+                out.append((value.name, value.kind, value.labels, value.doc))
+            elif isinstance(value, MetricWrapperBase):
+                out.append((value._name, str(value._type), tuple(value._labelnames), value._documentation))
+        if self.gpu_memory_used is None:
+            out += [(name, "gauge", ("gpu_uuid",), doc) for name, doc in GPU_GAUGES]
+        return out
 
     def render(self) -> bytes:
         out: list[str] = []

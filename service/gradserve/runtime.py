@@ -1,5 +1,6 @@
 """The runtime: the core object both transports share (registry, executor, batcher,
-engine, metrics), with its start and drain. Built once per process from Settings."""
+engine, metrics, shared-memory regions), with its start and drain. Built once per
+process from Settings."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import asyncio
 import contextlib
 import logging
 
+from gradserve.auth import KeyStore
 from gradserve.batching import DynamicBatcher
 from gradserve.config import Settings
 from gradserve.engine import Engine
 from gradserve.executor import Executor
 from gradserve.metrics import Metrics
 from gradserve.ops import build_registry
+from gradserve.shm import SharedMemory
+from gradserve.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +24,21 @@ log = logging.getLogger(__name__)
 class Runtime:
     """Everything behind the transports. HTTP and gRPC call ``runtime.engine``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, tracing: Tracing | None = None) -> None:
+        """``tracing``: spans to this instead of what ``otel_exporter`` says (tests)."""
         self.settings = settings
+        # The one key store both transports check (None: no keys, no check).
+        self.keys = KeyStore.from_settings(settings)
+        # None when tracing is off: every hook is then one `is None` test.
+        self.tracing = tracing if tracing is not None else Tracing.from_settings(settings)
         self.registry = build_registry()
         self.metrics = Metrics()
         self.executor = Executor(settings)
-        self.batcher = DynamicBatcher(settings, self.executor, self.metrics)
+        self.batcher = DynamicBatcher(settings, self.executor, self.metrics, tracing=self.tracing)
         self.engine = Engine(settings, self.registry, self.batcher, self.metrics)
+        # One region registry for REST and gRPC: a region registered over one is
+        # usable from the other (Triton's shared-memory extensions).
+        self.shm = SharedMemory(settings)
         self._warm_task: asyncio.Task[None] | None = None
         self._started = False
 
@@ -53,3 +65,5 @@ class Runtime:
 
     def close(self) -> None:
         self.executor.shutdown()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # flushes spans still waiting for export

@@ -185,6 +185,13 @@ def _check_dtype(spec: OpSpec, t: TensorSpec, tensor: torch.Tensor) -> torch.Ten
             )
         return tensor
     if t.kind in ("index", "int") or (t.kind == "target" and not tensor.is_floating_point()):
+        if t.kind == "index" and tensor.is_floating_point():
+            # Float class labels are a common slip (numpy float arrays, "1.0"): name it.
+            raise InvalidInput(
+                f"{where}: class indices are expected, as integers (int64 or int32), got dtype "
+                f"{str(tensor.dtype).removeprefix('torch.')}",
+                code="bad_dtype",
+            )
         if tensor.dtype not in INDEX_DTYPES:
             raise InvalidInput(
                 f"{where}: dtype {str(tensor.dtype).removeprefix('torch.')} is not an index dtype "

@@ -93,3 +93,18 @@ def test_init_shape_input(server: ServerProcess, protocol: str, tmp_path: Path) 
     data = input_data(tmp_path, "normal", {"shape": {"content": [128, 64], "shape": [2]}})
     extra = ["--output-tensor-format", "json"] if protocol == "http" else []
     run(server, "normal", protocol, "--input-data", str(data), *extra)
+
+
+def test_grpc_streaming(server: ServerProcess, tmp_path: Path) -> None:
+    # ModelStreamInfer: each request on perf_analyzer's streams is answered by id.
+    run(server, "cross_entropy", "grpc", "--streaming", "--input-data", str(cross_entropy_data(tmp_path)))
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_system_shared_memory(server: ServerProcess, protocol: str) -> None:
+    # perf_analyzer registers an input and an output region per tensor, names them in
+    # every request and unregisters them at the end. It refuses to leave an optional
+    # input out when tensors are in shared memory, so relu gets grad_y too.
+    run(
+        server, "relu", protocol, "--shared-memory", "system", "--shape", "x:16,64", "--shape", "grad_y:16,64"
+    )

@@ -3,7 +3,8 @@
 isort:skip_file
 gradserve's gRPC surface: the Open Inference Protocol (V2) service
 inference.GRPCInferenceService, the subset that tritonclient.grpc, perf_analyzer
-and grpcurl use, plus Triton's ModelConfig rpc (perf_analyzer requires it).
+and grpcurl use, plus Triton's ModelConfig rpc (perf_analyzer requires it), its
+ModelStreamInfer stream and its system and CUDA shared-memory rpcs.
 
 Wire compatibility is the whole point: package, service, rpc and message names and
 every field number match Triton's grpc_service.proto and model_config.proto (the
@@ -57,6 +58,20 @@ class GRPCInferenceServiceStub:
     """Run one op: raw_input_contents in, raw_output_contents out."""
     ModelConfig: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ModelConfigRequest, _inference_pb2.ModelConfigResponse]
     """Triton's model configuration (max_batch_size, inputs, outputs)."""
+    ModelStreamInfer: _grpc.StreamStreamMultiCallable[_inference_pb2.ModelInferRequest, _inference_pb2.ModelStreamInferResponse]
+    """Many ModelInfer requests on one stream, each run as its own request; answers come
+    back as they finish (matched by id), an error in one answer's error_message.
+    """
+    SystemSharedMemoryStatus: _grpc.UnaryUnaryMultiCallable[_inference_pb2.SystemSharedMemoryStatusRequest, _inference_pb2.SystemSharedMemoryStatusResponse]
+    """System shared memory (Triton's extension): tensors read from and written into
+    regions of POSIX shared memory objects registered by name.
+    """
+    SystemSharedMemoryRegister: _grpc.UnaryUnaryMultiCallable[_inference_pb2.SystemSharedMemoryRegisterRequest, _inference_pb2.SystemSharedMemoryRegisterResponse]
+    SystemSharedMemoryUnregister: _grpc.UnaryUnaryMultiCallable[_inference_pb2.SystemSharedMemoryUnregisterRequest, _inference_pb2.SystemSharedMemoryUnregisterResponse]
+    CudaSharedMemoryStatus: _grpc.UnaryUnaryMultiCallable[_inference_pb2.CudaSharedMemoryStatusRequest, _inference_pb2.CudaSharedMemoryStatusResponse]
+    """CUDA shared memory (cudaIPC handles): same interface; refused where CUDA is absent."""
+    CudaSharedMemoryRegister: _grpc.UnaryUnaryMultiCallable[_inference_pb2.CudaSharedMemoryRegisterRequest, _inference_pb2.CudaSharedMemoryRegisterResponse]
+    CudaSharedMemoryUnregister: _grpc.UnaryUnaryMultiCallable[_inference_pb2.CudaSharedMemoryUnregisterRequest, _inference_pb2.CudaSharedMemoryUnregisterResponse]
 
 @_typing.type_check_only
 class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
@@ -75,6 +90,20 @@ class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     """Run one op: raw_input_contents in, raw_output_contents out."""
     ModelConfig: _aio.UnaryUnaryMultiCallable[_inference_pb2.ModelConfigRequest, _inference_pb2.ModelConfigResponse]  # type: ignore[assignment]
     """Triton's model configuration (max_batch_size, inputs, outputs)."""
+    ModelStreamInfer: _aio.StreamStreamMultiCallable[_inference_pb2.ModelInferRequest, _inference_pb2.ModelStreamInferResponse]  # type: ignore[assignment]
+    """Many ModelInfer requests on one stream, each run as its own request; answers come
+    back as they finish (matched by id), an error in one answer's error_message.
+    """
+    SystemSharedMemoryStatus: _aio.UnaryUnaryMultiCallable[_inference_pb2.SystemSharedMemoryStatusRequest, _inference_pb2.SystemSharedMemoryStatusResponse]  # type: ignore[assignment]
+    """System shared memory (Triton's extension): tensors read from and written into
+    regions of POSIX shared memory objects registered by name.
+    """
+    SystemSharedMemoryRegister: _aio.UnaryUnaryMultiCallable[_inference_pb2.SystemSharedMemoryRegisterRequest, _inference_pb2.SystemSharedMemoryRegisterResponse]  # type: ignore[assignment]
+    SystemSharedMemoryUnregister: _aio.UnaryUnaryMultiCallable[_inference_pb2.SystemSharedMemoryUnregisterRequest, _inference_pb2.SystemSharedMemoryUnregisterResponse]  # type: ignore[assignment]
+    CudaSharedMemoryStatus: _aio.UnaryUnaryMultiCallable[_inference_pb2.CudaSharedMemoryStatusRequest, _inference_pb2.CudaSharedMemoryStatusResponse]  # type: ignore[assignment]
+    """CUDA shared memory (cudaIPC handles): same interface; refused where CUDA is absent."""
+    CudaSharedMemoryRegister: _aio.UnaryUnaryMultiCallable[_inference_pb2.CudaSharedMemoryRegisterRequest, _inference_pb2.CudaSharedMemoryRegisterResponse]  # type: ignore[assignment]
+    CudaSharedMemoryUnregister: _aio.UnaryUnaryMultiCallable[_inference_pb2.CudaSharedMemoryUnregisterRequest, _inference_pb2.CudaSharedMemoryUnregisterResponse]  # type: ignore[assignment]
 
 class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -132,5 +161,61 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.ModelConfigResponse, _abc.Awaitable[_inference_pb2.ModelConfigResponse]]:
         """Triton's model configuration (max_batch_size, inputs, outputs)."""
+
+    @_abc_1.abstractmethod
+    def ModelStreamInfer(
+        self,
+        request_iterator: _MaybeAsyncIterator[_inference_pb2.ModelInferRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_inference_pb2.ModelStreamInferResponse], _abc.AsyncIterator[_inference_pb2.ModelStreamInferResponse]]:
+        """Many ModelInfer requests on one stream, each run as its own request; answers come
+        back as they finish (matched by id), an error in one answer's error_message.
+        """
+
+    @_abc_1.abstractmethod
+    def SystemSharedMemoryStatus(
+        self,
+        request: _inference_pb2.SystemSharedMemoryStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.SystemSharedMemoryStatusResponse, _abc.Awaitable[_inference_pb2.SystemSharedMemoryStatusResponse]]:
+        """System shared memory (Triton's extension): tensors read from and written into
+        regions of POSIX shared memory objects registered by name.
+        """
+
+    @_abc_1.abstractmethod
+    def SystemSharedMemoryRegister(
+        self,
+        request: _inference_pb2.SystemSharedMemoryRegisterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.SystemSharedMemoryRegisterResponse, _abc.Awaitable[_inference_pb2.SystemSharedMemoryRegisterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SystemSharedMemoryUnregister(
+        self,
+        request: _inference_pb2.SystemSharedMemoryUnregisterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.SystemSharedMemoryUnregisterResponse, _abc.Awaitable[_inference_pb2.SystemSharedMemoryUnregisterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CudaSharedMemoryStatus(
+        self,
+        request: _inference_pb2.CudaSharedMemoryStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.CudaSharedMemoryStatusResponse, _abc.Awaitable[_inference_pb2.CudaSharedMemoryStatusResponse]]:
+        """CUDA shared memory (cudaIPC handles): same interface; refused where CUDA is absent."""
+
+    @_abc_1.abstractmethod
+    def CudaSharedMemoryRegister(
+        self,
+        request: _inference_pb2.CudaSharedMemoryRegisterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.CudaSharedMemoryRegisterResponse, _abc.Awaitable[_inference_pb2.CudaSharedMemoryRegisterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CudaSharedMemoryUnregister(
+        self,
+        request: _inference_pb2.CudaSharedMemoryUnregisterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.CudaSharedMemoryUnregisterResponse, _abc.Awaitable[_inference_pb2.CudaSharedMemoryUnregisterResponse]]: ...
 
 def add_GRPCInferenceServiceServicer_to_server(servicer: GRPCInferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

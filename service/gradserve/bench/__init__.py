@@ -7,7 +7,13 @@ What it measures (GitHub issue 4, item 7):
   HTTP (/v1 JSON), V2 binary HTTP (/v2, binary tensor extension) and V2 gRPC: req/s,
   p50 and p99 latency;
 - **a large tensor**: ``relu`` on 16 MiB of float32 over V2 binary HTTP and gRPC: MiB/s
-  of request payload.
+  of request payload;
+- **gRPC streaming** (``grpc-stream``): the same V2 requests on ModelStreamInfer
+  streams (perf_analyzer ``--streaming``), small and large;
+- **system shared memory** (``shm``, large only): the 16 MiB relu with its input read
+  from and its output written into registered shared-memory regions, each request a
+  few hundred bytes of JSON over HTTP (Python load generator: perf_analyzer refuses
+  shared memory for a model with optional inputs).
 
 Each beside two references: in-process torch doing the same work in a loop (no
 transport at all), and the floors of bench/floor_app.py, plain FastAPI served by
@@ -58,7 +64,7 @@ from gradserve.bench.workloads import Work, discover_work
 
 __all__ = ["main"]
 
-TRANSPORTS = ("native", "v2", "grpc")
+TRANSPORTS = ("native", "v2", "grpc", "grpc-stream", "shm")
 
 
 def parse_list(text: str, allowed: Sequence[str] | None = None) -> list[str]:
@@ -78,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="short run: 1 s cells, concurrency 1 and 64")
     p.add_argument("--concurrency", default=None, help="small-request concurrencies (default 1,16,64)")
     p.add_argument("--large-concurrency", default="1", help="concurrencies of the 16 MiB relu (default 1)")
-    p.add_argument("--transports", default="native,v2,grpc", help="of native, v2, grpc")
+    p.add_argument(
+        "--transports",
+        default="native,v2,grpc,grpc-stream,shm",
+        help="of native, v2, grpc, grpc-stream (ModelStreamInfer), shm (V2 HTTP, tensors in system "
+        "shared memory; large section only)",
+    )
     p.add_argument("--batching", default="on,off", help="on, off or both (ignored with --url)")
     p.add_argument(
         "--sections", default="small,large", help="small (cross_entropy 8x10), large (relu 16 MiB)"
@@ -128,8 +139,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     plan = make_plan(args)
-    if args.url and "grpc" in plan.transports and not args.grpc:
-        plan.transports.remove("grpc")
+    if args.url and not args.grpc:
+        plan.transports = [t for t in plan.transports if not t.startswith("grpc")]
     machine = machine_line()
     print(f"gradserve bench: {machine}", flush=True)
     print(

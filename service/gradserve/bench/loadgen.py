@@ -1,6 +1,8 @@
 """The Python load generator: spawned worker processes, each a uvloop loop of minimal
-keep-alive HTTP/1.1 connections ("py-http") or grpc.aio calls, closed loops sharing the
-concurrency; latencies of the measured window and each process's own CPU."""
+keep-alive HTTP/1.1 connections ("py-http"), grpc.aio calls, or one grpc.aio
+ModelStreamInfer stream per process ("grpc-stream", its share of the concurrency in
+flight on it), closed loops sharing the concurrency; latencies of the measured window
+and each process's own CPU."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from gradserve.bench.workloads import InputTensor
 class LoadSpec:
     """What one worker process sends: an HTTP POST, or a gRPC ModelInfer."""
 
-    kind: str  # "http" or "grpc"
+    kind: str  # "http", "grpc" or "grpc-stream"
     target: str  # URL, or host:port
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
@@ -51,7 +53,8 @@ class PyLoad:
         cpu1 = proc_cpu_s(server_pid)
         results = pending.get(timeout=duration_s + 180)
         lat = sorted(x for r in results for x in r["latencies"])
-        row = Row("", "", "", "", concurrency, f"py-http x{n}" if spec.kind == "http" else f"grpc.aio x{n}")
+        label = {"http": "py-http", "grpc": "grpc.aio", "grpc-stream": "grpc-stream"}[spec.kind]
+        row = Row("", "", "", "", concurrency, f"{label} x{n}")
         row.req_s = len(lat) / duration_s
         row.p50_ms = percentile(lat, 50) * 1e3
         row.p99_ms = percentile(lat, 99) * 1e3
@@ -116,7 +119,10 @@ async def _load(spec: LoadSpec, concurrency: int, start_at: float, duration_s: f
                 await stub.ModelInfer(request)
                 return True
 
-            errors = await _drive([call] * concurrency, end, start, latencies, cpu_marks())
+            if spec.kind == "grpc-stream":
+                errors = await _drive_stream(stub, request, concurrency, end, start, latencies, cpu_marks())
+            else:
+                errors = await _drive([call] * concurrency, end, start, latencies, cpu_marks())
     cpu_s = cpu[1] - cpu[0] if len(cpu) == 2 else float("nan")
     return {"latencies": latencies, "errors": errors, "cpu_s": cpu_s}
 
@@ -151,6 +157,54 @@ async def _drive(
                 await asyncio.sleep(0.01)
 
     await asyncio.gather(marks, *(loop(c) for c in calls))
+    return errors
+
+
+async def _drive_stream(
+    stub: Any,
+    request: Any,
+    concurrency: int,
+    end: float,
+    start: float,
+    latencies: list[float],
+    marks: Awaitable[None],
+) -> int:
+    """``concurrency`` requests in flight on one ModelStreamInfer stream until ``end``:
+    each answer (matched by id) sends that slot's next request."""
+    requests = []
+    for slot in range(concurrency):
+        r = type(request)()
+        r.CopyFrom(request)
+        r.id = str(slot)
+        requests.append(r)
+    sent = [0.0] * concurrency
+    errors = 0
+    call = stub.ModelStreamInfer()
+
+    async def answers() -> None:
+        nonlocal errors
+        for slot, r in enumerate(requests):
+            sent[slot] = time.perf_counter()
+            await call.write(r)
+        in_flight = concurrency
+        async for answer in call:
+            t1 = time.perf_counter()
+            slot = int(answer.infer_response.id)
+            if start <= t1 <= end:
+                if answer.error_message:
+                    errors += 1
+                else:
+                    latencies.append(t1 - sent[slot])
+            if t1 < end:
+                sent[slot] = time.perf_counter()
+                await call.write(requests[slot])
+            else:
+                in_flight -= 1
+                if in_flight == 0:
+                    break
+        await call.done_writing()
+
+    await asyncio.gather(marks, answers())
     return errors
 
 

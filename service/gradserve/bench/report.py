@@ -12,7 +12,13 @@ from pathlib import Path
 from gradserve.bench.results import Row
 from gradserve.bench.workloads import LARGE_BYTES, LARGE_OP, SMALL_OP, MiB
 
-TRANSPORT_LABEL = {"native": "native HTTP", "v2": "V2 binary HTTP", "grpc": "V2 gRPC"}
+TRANSPORT_LABEL = {
+    "native": "native HTTP",
+    "v2": "V2 binary HTTP",
+    "grpc": "V2 gRPC",
+    "grpc-stream": "V2 gRPC stream",
+    "shm": "V2 HTTP + system shm",
+}
 
 
 def _throughput(r: Row) -> float:
@@ -21,7 +27,7 @@ def _throughput(r: Row) -> float:
 
 
 def _loadgen_family(loadgen: str) -> str:
-    return loadgen.split(" ")[0].replace("grpc.aio", "py-http")
+    return loadgen.split(" ")[0].replace("grpc.aio", "py-http").replace("grpc-stream", "py-http")
 
 
 def _reference(rows: list[Row], row: Row, target: str) -> Row | None:

@@ -12,7 +12,7 @@ class Row:
 
     section: str  # "small" or "large"
     target: str  # "gradserve", "floor op", "floor no-op", "torch"
-    transport: str  # "native", "v2", "grpc" or "in-process"
+    transport: str  # "native", "v2", "grpc", "grpc-stream", "shm" or "in-process"
     batching: str  # "on", "off", "-" or "target"
     concurrency: int
     loadgen: str

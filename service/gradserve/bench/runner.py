@@ -13,6 +13,7 @@ from gradserve.bench.report import format_row_line
 from gradserve.bench.results import Row
 from gradserve.bench.servers import Server
 from gradserve.bench.workloads import (
+    LARGE_BYTES,
     LARGE_OP,
     NOOP_PREFIX,
     SMALL_OP,
@@ -21,11 +22,14 @@ from gradserve.bench.workloads import (
     large_inputs,
     measure_torch,
     native_small_body,
+    shm_body,
+    shm_regions,
     small_inputs,
     v2_binary_body,
 )
 
-PROTOCOL = {"v2": "http", "grpc": "grpc"}  # transport -> V2 protocol (perf_analyzer's -i)
+# transport -> V2 protocol (perf_analyzer's -i)
+PROTOCOL = {"v2": "http", "grpc": "grpc", "grpc-stream": "grpc", "shm": "http"}
 
 
 @dataclass
@@ -85,15 +89,19 @@ class Bench:
         inputs: list[InputTensor],
         outputs: list[str],
         allow_pa: bool = True,
+        stream: bool = False,
     ) -> Row:
-        """One V2 cell over HTTP or gRPC: perf_analyzer if there is one (and it can send
-        the model's inputs), else the Python load generator."""
+        """One V2 cell over HTTP or gRPC (``stream``: on ModelStreamInfer streams):
+        perf_analyzer if there is one (and it can send the model's inputs), else the
+        Python load generator."""
         pa = self.plan.perf_analyzer
         duration = self.plan.duration_s
         op = model.removeprefix(NOOP_PREFIX)
         if allow_pa and pa is not None and perf_analyzer_can_drive(work.model_metadata(op)):
             data = self.workdir / f"pa-data-{model}.json"
             shape_args = perf_analyzer_input_data(data, work.model_config(op), inputs)
+            if stream:
+                shape_args.append("--streaming")
             target = server.grpc if protocol == "grpc" else server.http.removeprefix("http://")
             assert target is not None
             return run_perf_analyzer(
@@ -101,7 +109,8 @@ class Bench:
             )
         if protocol == "grpc":
             assert server.grpc is not None
-            spec = LoadSpec("grpc", server.grpc, model=model, inputs=inputs, outputs=outputs)
+            kind = "grpc-stream" if stream else "grpc"
+            spec = LoadSpec(kind, server.grpc, model=model, inputs=inputs, outputs=outputs)
         else:
             body, headers = v2_binary_body(inputs, outputs)
             spec = LoadSpec("http", f"{server.http}/v2/models/{model}/infer", body, headers)
@@ -146,15 +155,23 @@ class Bench:
         if floor is not None:
             self._small_floors(floor, work, inputs)
         native_body = native_small_body(work)
-        for transport, batching, server, c in self._gradserve_cells(
-            servers, plan.transports, plan.concurrency
-        ):
+        transports = [t for t in plan.transports if t != "shm"]  # 8x10 fits in any request
+        for transport, batching, server, c in self._gradserve_cells(servers, transports, plan.concurrency):
             if transport == "native":
                 url = f"{server.http}/v1/losses/{SMALL_OP}"
                 spec = LoadSpec("http", url, native_body, {"Content-Type": "application/json"})
                 row = self.pyload.run(spec, c, d, server.pid)
             else:
-                row = self.v2_cell(server, PROTOCOL[transport], SMALL_OP, work, c, inputs, work.small_outputs)
+                row = self.v2_cell(
+                    server,
+                    PROTOCOL[transport],
+                    SMALL_OP,
+                    work,
+                    c,
+                    inputs,
+                    work.small_outputs,
+                    stream=transport == "grpc-stream",
+                )
             self.add(row, "small", "gradserve", transport, batching)
 
     def _small_floors(self, floor: Server, work: Work, inputs: list[InputTensor]) -> None:
@@ -192,7 +209,30 @@ class Bench:
         for transport, batching, server, c in self._gradserve_cells(
             servers, transports, plan.large_concurrency
         ):
-            row = self.v2_cell(
-                server, PROTOCOL[transport], LARGE_OP, work, c, inputs, work.large_outputs, pa_large
-            )
+            if transport == "shm":
+                row = self._shm_cell(server, inputs, work.large_outputs, c)
+            else:
+                row = self.v2_cell(
+                    server,
+                    PROTOCOL[transport],
+                    LARGE_OP,
+                    work,
+                    c,
+                    inputs,
+                    work.large_outputs,
+                    pa_large,
+                    stream=transport == "grpc-stream",
+                )
             self.add(row, "large", "gradserve", transport, batching)
+
+    def _shm_cell(
+        self, server: Server, inputs: list[InputTensor], outputs: list[str], concurrency: int
+    ) -> Row:
+        """The large op with its tensors in system shared memory: the input written once
+        into a registered region, every output written by the server into another;
+        each request is a small JSON body naming them (py-http)."""
+        with shm_regions(server.http, inputs, outputs, LARGE_BYTES) as regions:
+            body = shm_body(inputs, outputs, regions, LARGE_BYTES)
+            url = f"{server.http}/v2/models/{LARGE_OP}/infer"
+            spec = LoadSpec("http", url, body, {"Content-Type": "application/json"})
+            return self.pyload.run(spec, concurrency, self.plan.duration_s, server.pid)

@@ -1,12 +1,18 @@
 """The work: the two ops (shared with bench/floor_app.py), what each request asks for,
-the request bodies, and the same op measured in-process with torch (no transport)."""
+the request bodies (and the shared-memory regions some of them name), and the same op
+measured in-process with torch (no transport)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import mmap
+import os
 import resource
 import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +156,76 @@ def v2_binary_body(inputs: list[InputTensor], outputs: list[str]) -> tuple[bytes
     head = json.dumps(header, separators=(",", ":")).encode()
     headers = {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
     return head + b"".join(b for *_, b in inputs), headers
+
+
+@contextlib.contextmanager
+def shm_regions(
+    base_url: str, inputs: list[InputTensor], outputs: list[str], output_bytes: int
+) -> Iterator[dict[str, str]]:
+    """POSIX shared memory objects for the inputs (written once, here) and outputs
+    (``output_bytes`` each), registered with the server as regions named like the
+    tensors; yields tensor name -> region name, and unregisters and removes them after."""
+    tag = uuid.uuid4().hex[:8]
+    regions: dict[str, str] = {}
+    made: list[str] = []
+    try:
+        for name, size, data in [(n, len(b), b) for n, _, _, b in inputs] + [
+            (o, output_bytes, b"") for o in outputs
+        ]:
+            region = f"bench_{tag}_{name}"
+            path = f"/dev/shm/{region}"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            made.append(path)
+            try:
+                os.ftruncate(fd, size)
+                if data:
+                    with mmap.mmap(fd, size) as m:
+                        m[:] = data
+            finally:
+                os.close(fd)
+            body = json.dumps({"key": "/" + region, "offset": 0, "byte_size": size}).encode()
+            url = f"{base_url}/v2/systemsharedmemory/region/{region}/register"
+            with urllib.request.urlopen(urllib.request.Request(url, body, method="POST"), timeout=10):
+                pass
+            regions[name] = region
+        yield regions
+    finally:
+        for region in regions.values():
+            url = f"{base_url}/v2/systemsharedmemory/region/{region}/unregister"
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(urllib.request.Request(url, b"", method="POST"), timeout=10),
+            ):
+                pass
+        for path in made:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def shm_body(
+    inputs: list[InputTensor], outputs: list[str], regions: dict[str, str], output_bytes: int
+) -> bytes:
+    """A V2 JSON request whose inputs and outputs all live in ``regions`` (whole regions)."""
+    doc = {
+        "id": "",
+        "inputs": [
+            {
+                "name": n,
+                "shape": s,
+                "datatype": d,
+                "parameters": {"shared_memory_region": regions[n], "shared_memory_byte_size": len(b)},
+            }
+            for n, d, s, b in inputs
+        ],
+        "outputs": [
+            {
+                "name": o,
+                "parameters": {"shared_memory_region": regions[o], "shared_memory_byte_size": output_bytes},
+            }
+            for o in outputs
+        ],
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 # -- in-process torch --------------------------------------------------------------

@@ -63,6 +63,12 @@ def decode_tensor(name: str, value: Any, kind: TensorKind, max_elements: int) ->
             code="bad_tensor",
         )
     array = _from_values(name, value, kind, max_elements)
+    if kind == "index" and array.dtype.kind == "f" and not bool(np.all(np.mod(array, 1) == 0)):
+        # The generic "int64 needs integer values" would not say what the input is.
+        raise InvalidInput(
+            f"input {name!r}: class indices are expected, as integers; got a non-integer value",
+            code="bad_tensor",
+        )
     return to_torch(f"input {name!r}", array, default_dtype(kind, array).torch)
 
 

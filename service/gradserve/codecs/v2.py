@@ -13,6 +13,12 @@ reshape, never through Python lists. Every size is checked against the shape and
 datatype before a byte is read, so a truncated body, a header length past the end or a
 ``binary_data_size`` that does not match is a 400, never a read past the buffer.
 
+Shared memory (Triton's system shared-memory extension): a tensor whose parameters
+name a ``shared_memory_region`` has no data in the request; the registry (shm.py)
+checks its size, bounds and region and hands back a view, read like a binary section.
+A requested output that names a region is written there (``write_shm_outputs``) and
+answered without data.
+
 Status choices (API.md section 4): a request whose framing is wrong (bad JSON, sizes
 that disagree, a string that is no V2 datatype, data whose element count does not match
 its shape) is 400; a well-formed request that the op refuses (a V2 datatype gradserve
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +38,9 @@ import torch
 
 from gradserve.codecs.dtypes import BY_V2, DType, of_tensor
 from gradserve.codecs.numbers import HARD_MAX_DIMS, check_shape_size, json_array, to_torch
-from gradserve.errors import InvalidInput, MalformedRequest
+from gradserve.errors import InvalidInput, MalformedRequest, NotSupported
 from gradserve.ops.registry import OpSpec
+from gradserve.shm import OutputSlot, SharedMemory, ShmRef, ref_from_params
 
 # The wire is little-endian; torch/numpy buffers are native-endian.
 assert sys.byteorder == "little", "gradserve's V2 codec assumes a little-endian host"
@@ -71,15 +78,15 @@ _RESERVED_PARAMS = frozenset(
 )
 # Input/output parameters of Triton extensions gradserve does not implement: refused
 # with a clear 400 rather than silently ignored (ignoring would read no data).
-_UNSUPPORTED_TENSOR_PARAMS = frozenset(
-    {"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset", "classification"}
-)
+_UNSUPPORTED_TENSOR_PARAMS = frozenset({"classification"})
 
 
 @dataclass(frozen=True)
 class RequestedOutput:
     name: str
     binary: bool  # REST only: answer this output in the binary section
+    # Written into this shared-memory region, not sent (checked at decode).
+    shm: OutputSlot | None = None
 
 
 @dataclass
@@ -98,6 +105,10 @@ class V2Request:
     @property
     def output_names(self) -> list[str] | None:
         return None if self.outputs is None else [o.name for o in self.outputs]
+
+    @property
+    def shm_outputs(self) -> list[OutputSlot]:
+        return [] if self.outputs is None else [o.shm for o in self.outputs if o.shm is not None]
 
     def binary_flags(self, names: Sequence[str]) -> dict[str, bool]:
         """Per answered output, whether it goes in the binary section."""
@@ -244,6 +255,45 @@ def split_request_params(req: V2Request, params: Mapping[str, Any]) -> None:
             req.params[key] = value
 
 
+def shm_input(
+    shm: SharedMemory | None,
+    ref: ShmRef,
+    where: str,
+    dtype: DType,
+    shape: tuple[int, ...],
+    count: int,
+) -> torch.Tensor:
+    """An input held in a shared-memory region: a view of the region once the registry
+    has checked its size against shape and datatype, its bounds and the region."""
+    if shm is None:
+        raise NotSupported(f"{where}: shared memory is not offered on this transport")
+    view, aligned = shm.input_view(ref, where, count * dtype.itemsize, dtype.itemsize)
+    return tensor_from_buffer(where, dtype, shape, count, view, aligned=aligned)
+
+
+def shm_output(shm: SharedMemory | None, name: str, params: Mapping[str, Any]) -> OutputSlot | None:
+    """The region a requested output names in its parameters, checked; None if none."""
+    ref = ref_from_params(params, f"output {name!r}")
+    if ref is None:
+        return None
+    if shm is None:
+        raise NotSupported(f"output {name!r}: shared memory is not offered on this transport")
+    return shm.output_slot(name, ref)
+
+
+def write_shm_outputs(slots: Sequence[OutputSlot], outputs: Mapping[str, torch.Tensor]) -> None:
+    """Each answered output that names a region, written into it (sizes checked there).
+    Blocking writes: transports run this off the event loop when it is large."""
+    for slot in slots:
+        t = outputs[slot.name]
+        SharedMemory.write_output(slot, tensor_bytes(t))
+
+
+def shm_bytes(slots: Sequence[OutputSlot], outputs: Mapping[str, torch.Tensor]) -> int:
+    """How many bytes ``write_shm_outputs`` will write (to decide where it runs)."""
+    return sum(outputs[s.name].numel() * outputs[s.name].element_size() for s in slots)
+
+
 def refuse_unsupported(params: Mapping[str, Any], where: str) -> None:
     bad = sorted(_UNSUPPORTED_TENSOR_PARAMS.intersection(params))
     if bad:
@@ -283,13 +333,19 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
 
 
 def decode_rest_request(
-    body: bytes | memoryview, header_length: str | None, max_elements: int, *, binary_aligned: bool = False
+    body: bytes | memoryview,
+    header_length: str | None,
+    max_elements: int,
+    *,
+    binary_aligned: bool = False,
+    shm: SharedMemory | None = None,
 ) -> V2Request:
     """A POST .../infer body (JSON, or JSON header + binary tensor data) -> V2Request.
 
     ``binary_aligned``: the binary section starts 16-byte aligned in a writable buffer
     (rest/body.py arranges it), so a tensor at an offset that is a multiple of its
-    item size can alias the body instead of being copied.
+    item size can alias the body instead of being copied. ``shm``: the registry that
+    tensors naming a shared-memory region are read from (and outputs written to).
     """
     length = parse_header_length(header_length, len(body))
     view = memoryview(body)
@@ -331,7 +387,14 @@ def decode_rest_request(
         shape, count = check_shape(item.get("shape"), where, max_elements)
         tensor_params = _parse_parameters(item.get("parameters"), where)
         refuse_unsupported(tensor_params, where)
-        if "binary_data_size" in tensor_params:
+        ref = ref_from_params(tensor_params, where)
+        if ref is not None:
+            if "data" in item or "binary_data_size" in tensor_params:
+                raise MalformedRequest(
+                    f"{where}: names a shared memory region and also carries data", code="malformed_request"
+                )
+            req.tensors[name] = shm_input(shm, ref, where, dtype, shape, count)
+        elif "binary_data_size" in tensor_params:
             size = tensor_params["binary_data_size"]
             if "data" in item:
                 raise MalformedRequest(
@@ -388,20 +451,31 @@ def decode_rest_request(
             out_params = _parse_parameters(item.get("parameters"), f"output {item['name']!r}")
             refuse_unsupported(out_params, f"output {item['name']!r}")
             flag = out_params.get("binary_data", req.binary_output)
-            req.outputs.append(RequestedOutput(item["name"], flag is True))
+            slot = shm_output(shm, item["name"], out_params)
+            req.outputs.append(RequestedOutput(item["name"], flag is True and slot is None, slot))
     return req
 
 
 def encode_rest_response(
-    model: str, request_id: str | None, outputs: Mapping[str, torch.Tensor], binary: Mapping[str, bool]
+    model: str,
+    request_id: str | None,
+    outputs: Mapping[str, torch.Tensor],
+    binary: Mapping[str, bool],
+    in_shm: Collection[str] = (),
 ) -> tuple[list[bytes | memoryview], int | None]:
     """Outputs (in answer order) -> (body parts, JSON header length or None for plain
     JSON). The parts are the JSON header then each binary tensor's bytes as a view of
-    the tensor: written one after the other, never joined into a copy."""
+    the tensor: written one after the other, never joined into a copy. Outputs in
+    ``in_shm`` were written into shared memory: their entries carry neither data nor
+    parameters (Triton's form; perf_analyzer reads any output ``parameters`` as
+    binary data)."""
     entries: list[dict[str, Any]] = []
     chunks: list[memoryview] = []
     for name, t in outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": of_tensor(t).v2, "shape": list(t.shape)}
+        if name in in_shm:
+            entries.append(entry)  # its bytes are in the region already
+            continue
         if binary.get(name, False):
             raw = tensor_bytes(t)
             # Output-level parameters only with binary_data_size: perf_analyzer's C++

@@ -3,12 +3,18 @@
 Flow position: grpc/servicer.py -> **codecs/v2_grpc** -> engine. Shares the REST codec's
 request type, checks and byte layout (codecs/v2.py): ``raw_*_contents`` are little-endian,
 row-major and unpadded like the HTTP binary extension. Answers always use
-``raw_output_contents``: tritonclient reads nothing else.
+``raw_output_contents``: tritonclient reads nothing else. A tensor whose parameters
+name a shared-memory region (shm.py) has no raw entry: the raw entries belong, in
+order, to the inputs that are not in shared memory, and an output written into a
+region answers an empty raw entry, so entries still pair with outputs by position.
+
+ModelStreamInfer carries the same ModelInferRequest; its answers are framed here too
+(``serialize_stream_response``), around the same hand-framed raw contents.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +28,8 @@ from gradserve.codecs.v2 import (
     V2Request,
     check_shape,
     refuse_unsupported,
+    shm_input,
+    shm_output,
     split_request_params,
     tensor_bytes,
     tensor_from_buffer,
@@ -29,6 +37,7 @@ from gradserve.codecs.v2 import (
 )
 from gradserve.errors import MalformedRequest
 from gradserve.grpc.generated import inference_pb2 as pb
+from gradserve.shm import SharedMemory, ref_from_params
 
 
 def _param_value(p: pb.InferParameter) -> Any:
@@ -45,38 +54,65 @@ _TYPED_FIELD = {
 }
 
 
+def _params(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+    return {k: _param_value(v) for k, v in params.items()} if params else {}
+
+
 def decode_grpc_request(
-    msg: pb.ModelInferRequest, max_elements: int, raw_contents: Sequence[bytes | memoryview] | None = None
+    msg: pb.ModelInferRequest,
+    max_elements: int,
+    raw_contents: Sequence[bytes | memoryview] | None = None,
+    shm: SharedMemory | None = None,
 ) -> V2Request:
     """ModelInferRequest (raw_input_contents, or typed contents) -> V2Request;
     ``raw_contents``: the raw contents when they were split off the message
-    (``parse_infer_request``)."""
+    (``parse_infer_request``); ``shm``: the registry that tensors naming a
+    shared-memory region are read from (and outputs written to)."""
     req = V2Request(tensors={}, params={}, outputs=None, id=msg.id or None)
-    split_request_params(req, {k: _param_value(v) for k, v in msg.parameters.items()})
+    split_request_params(req, _params(msg.parameters))
     raw: Sequence[bytes | memoryview] = raw_contents or msg.raw_input_contents
-    if raw and len(raw) != len(msg.inputs):
+    input_params = [_params(item.parameters) for item in msg.inputs]
+    refs = [
+        ref_from_params(params, f"input {item.name!r}")
+        for params, item in zip(input_params, msg.inputs, strict=True)
+    ]
+    needs_raw = sum(ref is None for ref in refs)
+    if raw and len(raw) != needs_raw:
+        in_shm = len(msg.inputs) - needs_raw
         raise MalformedRequest(
-            f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs", code="size_mismatch"
+            f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs"
+            + (f" ({in_shm} of them in shared memory, which take none)" if in_shm else ""),
+            code="size_mismatch",
         )
+    next_raw = 0
     for i, item in enumerate(msg.inputs):
         where = f"input {item.name!r}"
         if not item.name:
             raise MalformedRequest(f"inputs[{i}] has no name", code="malformed_request")
         if item.name in req.tensors:
             raise MalformedRequest(f"{where} is given twice", code="duplicate_input")
-        refuse_unsupported({k: None for k in item.parameters}, where)
+        refuse_unsupported(input_params[i], where)
         dtype = v2_dtype(item.datatype, where)
         shape, count = check_shape(list(item.shape), where, max_elements)
+        ref = refs[i]
+        if ref is not None:
+            if item.HasField("contents"):
+                raise MalformedRequest(
+                    f"{where}: names a shared memory region and also has contents", code="malformed_request"
+                )
+            req.tensors[item.name] = shm_input(shm, ref, where, dtype, shape, count)
+            continue
         if raw:
             if item.HasField("contents"):
                 raise MalformedRequest(
                     f"{where}: has typed contents although the request uses raw_input_contents",
                     code="malformed_request",
                 )
-            data = raw[i]
+            data = raw[next_raw]
+            next_raw += 1
             if len(data) != count * dtype.itemsize:
                 raise MalformedRequest(
-                    f"{where}: raw_input_contents[{i}] has {len(data)} bytes but shape {list(shape)} "
+                    f"{where}: raw_input_contents[{next_raw - 1}] has {len(data)} bytes but shape {list(shape)} "
                     f"of {dtype.v2} needs {count * dtype.itemsize}",
                     code="size_mismatch",
                 )
@@ -96,22 +132,29 @@ def decode_grpc_request(
         assert dtype.numpy is not None
         req.tensors[item.name] = torch.from_numpy(np.array(values, dtype=dtype.numpy)).reshape(shape)
     if msg.outputs:
-        req.outputs = [RequestedOutput(o.name, True) for o in msg.outputs]
+        req.outputs = []
+        for o in msg.outputs:
+            refuse_unsupported(_params(o.parameters), f"output {o.name!r}")
+            req.outputs.append(RequestedOutput(o.name, True, shm_output(shm, o.name, _params(o.parameters))))
     return req
 
 
+_EMPTY = memoryview(b"")
+
+
 def encode_grpc_response(
-    model: str, request_id: str | None, outputs: Mapping[str, torch.Tensor]
+    model: str, request_id: str | None, outputs: Mapping[str, torch.Tensor], in_shm: Collection[str] = ()
 ) -> InferResponseWire:
     """Outputs -> a ModelInferResponse with raw_output_contents (tritonclient reads only
-    those), the raw contents kept as views of the tensors for ``serialize_infer_response``."""
+    those), the raw contents kept as views of the tensors for ``serialize_infer_response``.
+    Outputs in ``in_shm`` were written into shared memory: an empty entry each."""
     response = pb.ModelInferResponse(model_name=model, model_version=MODEL_VERSION, id=request_id or "")
     raw = []
     for name, t in outputs.items():
         response.outputs.add(name=name, datatype=of_tensor(t).v2, shape=list(t.shape))
-        # A zero-element output gets its entry too (empty): clients pair raw entries
-        # with outputs by position.
-        raw.append(tensor_bytes(t))
+        # A zero-element or shared-memory output gets its entry too (empty): clients
+        # pair raw entries with outputs by position.
+        raw.append(_EMPTY if name in in_shm else tensor_bytes(t))
     return InferResponseWire(response, raw)
 
 
@@ -215,12 +258,40 @@ def parse_infer_request(data: bytes) -> InferRequestWire:
     return InferRequestWire(message, raw)
 
 
+def _response_parts(response: InferResponseWire) -> list[bytes | memoryview]:
+    parts: list[bytes | memoryview] = [response.message.SerializeToString()]
+    for raw in response.raw:
+        parts += [_RAW_OUTPUT_TAG, _encode_varint(raw.nbytes), raw]
+    return parts
+
+
 def serialize_infer_response(response: InferResponseWire | pb.ModelInferResponse) -> bytes:
     """The response serializer of ModelInfer: the head, then each raw entry framed by
     hand (one copy of the tensor bytes, into the answer)."""
     if isinstance(response, pb.ModelInferResponse):
         return response.SerializeToString()
-    parts: list[bytes | memoryview] = [response.message.SerializeToString()]
-    for raw in response.raw:
-        parts += [_RAW_OUTPUT_TAG, _encode_varint(raw.nbytes), raw]
-    return b"".join(parts)
+    return b"".join(_response_parts(response))
+
+
+# ModelStreamInferResponse: error_message = 1, infer_response = 2 (an embedded message,
+# framed as a length-delimited field: the inner message's bytes are those of ModelInfer's).
+_STREAM_RESPONSE_TAG = bytes(
+    [(pb.ModelStreamInferResponse.DESCRIPTOR.fields_by_name["infer_response"].number << 3) | 2]
+)
+
+
+def serialize_stream_response(response: InferResponseWire) -> bytes:
+    """One ModelStreamInfer answer: the ModelInferResponse framed as above, inside the
+    stream message, still one copy of the tensor bytes (the inner length is summed,
+    not built)."""
+    parts = _response_parts(response)
+    size = sum(part.nbytes if isinstance(part, memoryview) else len(part) for part in parts)
+    return b"".join([_STREAM_RESPONSE_TAG, _encode_varint(size), *parts])
+
+
+def serialize_stream_error(message: str, model: str, request_id: str) -> bytes:
+    """One ModelStreamInfer answer for a request that failed: ``error_message``, and
+    the model and id so that a client matching answers by id can place it (tritonclient
+    reads only the message)."""
+    head = pb.ModelInferResponse(model_name=model, id=request_id)
+    return pb.ModelStreamInferResponse(error_message=message, infer_response=head).SerializeToString()

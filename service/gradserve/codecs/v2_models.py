@@ -6,6 +6,7 @@ here, so both transports describe each op (a model named after it, version "1") 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from gradserve import __version__
@@ -122,5 +123,6 @@ def model_config(spec: OpSpec) -> dict[str, Any]:
     }
 
 
-def server_metadata() -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+def server_metadata(extra: Sequence[str] = ()) -> dict[str, Any]:
+    """``extra``: the extensions that settings turn on (shm.SharedMemory.extensions)."""
+    return {"name": SERVER_NAME, "version": __version__, "extensions": [*EXTENSIONS, *extra]}

@@ -66,9 +66,9 @@ async def abort_undecodable(context: Context, value: Undecodable) -> NoReturn:
     """End the call as the servicer ends a MalformedRequest (no traceback: not our bug)."""
     error = MalformedRequest(f"request message cannot be decoded: {value.reason}")
     log.debug("gRPC request refused: %s", error.message)
-    await context.abort(
-        error.grpc_code, error.message, trailing_metadata=((ERROR_CODE_KEY, error.kind.code),)
-    )
+    # Added to the trailers already set (x-request-id, grpc/calls.py), not replacing them.
+    trailers = (*context.trailing_metadata(), (ERROR_CODE_KEY, error.kind.code))
+    await context.abort(error.grpc_code, error.message, trailing_metadata=trailers)
     raise AssertionError("unreachable")  # pragma: no cover - abort always raises
 
 

@@ -297,7 +297,7 @@ ACTIVATION_STATS = OpSpec(
     name="activation_stats",
     family="lab",
     kind="lab",
-    doc="The lecture's experiment: a unit-Gaussian input [batch, width] through depth fully "
+    doc="Weight initialization's classic experiment: a unit-Gaussian input [batch, width] through depth fully "
     "connected layers of width units (no bias), each followed by the activation, each weight "
     "drawn by the init op; then a unit-Gaussian upstream gradient back through the net. "
     "Per layer: the activations' mean, std, saturated and dead fractions and histogram, and "

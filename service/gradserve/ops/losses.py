@@ -300,6 +300,14 @@ def _check_cross_entropy(tensors: dict[str, Tensor], params: Params) -> None:
     classes = _check_classes(input_, "[N, C] or [N, C, d1, ...]")
     sample_shape = (input_.shape[0], *input_.shape[2:])
     if target.is_floating_point():
+        if tuple(target.shape) == sample_shape:
+            # A float target is read as class probabilities; one shaped like class indices
+            # is almost always indices sent as floats, so say that rather than "shape".
+            raise InvalidInput(
+                f"target: class indices are expected (integers of shape {_shape(sample_shape)}, "
+                f"dtype int64 or int32), got float values of shape {_shape(target)}; to send "
+                f"class probabilities instead, give a float target of input's shape {_shape(input_)}"
+            )
         _check_same_shape(tensors, "target")
         bad = ~((target >= 0) & torch.isfinite(target))
         if bool(bad.any()):

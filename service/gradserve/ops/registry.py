@@ -164,6 +164,15 @@ class OpSpec:
         return self.output_names + self.grad_output_names
 
 
+# What an op of each family is, for the error that sends a request to the right route.
+_FAMILY_NOUN: dict[str, str] = {
+    "activations": "an activation",
+    "losses": "a loss",
+    "init": "a weight initialization",
+    "lab": "a lab experiment",
+}
+
+
 class Registry:
     """Name -> OpSpec; lookups raise rather than return None."""
 
@@ -180,7 +189,13 @@ class Registry:
         from gradserve.errors import OpNotFound
 
         spec = self._ops.get(name)
-        if spec is None or (family is not None and spec.family != family):
+        if spec is not None and family is not None and spec.family != family:
+            # Posted under the wrong family: say where it lives rather than "unknown".
+            raise OpNotFound(
+                f'"{name}" is {_FAMILY_NOUN[spec.family]}: POST /v1/{spec.family}/{name}, '
+                f"not /v1/{family}/{name}"
+            )
+        if spec is None:
             where = f" under /{family}" if family else ""
             shown = repr(name[:64]) + ("..." if len(name) > 64 else "")  # names come from clients
             raise OpNotFound(f"unknown op {shown}{where}; GET /v1/ops lists the ops")

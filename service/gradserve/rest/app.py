@@ -1,4 +1,5 @@
-"""The FastAPI application: routers for /v1, /v2, health and /metrics over one runtime.
+"""The FastAPI application: routers for /v1, /v2, health, /metrics and the pages (/, /docs,
+/redoc: rest/pages.py) over one runtime.
 
 ``create_app(runtime)`` serves a runtime the caller owns (``gradserve serve`` shares it
 with gRPC); ``create_app(settings=...)`` builds and owns one, for tests and simple use.
@@ -17,7 +18,7 @@ from gradserve import __version__
 from gradserve import metrics as metrics_mod
 from gradserve.config import Settings
 from gradserve.lab.plots import Plots
-from gradserve.rest import errors, lab, native, openapi, v2
+from gradserve.rest import errors, gate, lab, native, openapi, pages, shm, v2
 from gradserve.rest.fastpath import GradservApp
 from gradserve.runtime import Runtime
 
@@ -41,17 +42,22 @@ def create_app(runtime: Runtime | None = None, *, settings: Settings | None = No
     app = GradservApp(
         title="gradserve",
         version=__version__,
-        description="Losses, activations, their gradients and weight initialization as a service.",
+        description=pages.API_DESCRIPTION,
         lifespan=lifespan,
+        # /docs and /redoc are rest/pages.py's: FastAPI's load their UIs from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.runtime = rt
     errors.install(app)
     app.include_router(native.build_router(rt.engine, rt.registry))
-    app.include_router(v2.build_router(rt.engine, rt.registry))
+    app.include_router(v2.build_router(rt.engine, rt.registry, rt.shm))
+    app.include_router(shm.build_router(rt.shm))
     app.include_router(lab.build_router(plots))
+    app.include_router(pages.build_router(rt))
     app.set_fast_routes(
         {family: native.infer_handler(rt.engine, rt.registry, family) for family in native.FAMILIES},
-        v2.infer_handler(rt.engine, rt.registry),
+        v2.infer_handler(rt.engine, rt.registry, rt.shm),
     )
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")
@@ -70,6 +76,7 @@ def create_app(runtime: Runtime | None = None, *, settings: Settings | None = No
         rt.metrics.refresh_device(str(rt.executor.device))
         return Response(rt.metrics.render(), media_type=metrics_mod.CONTENT_TYPE)
 
+    app.add_middleware(pages.HeadAsGet)  # HEAD wherever GET is answered
     app.openapi = lambda: _openapi(app, rt)  # type: ignore[method-assign]
     return app
 
@@ -78,4 +85,6 @@ def _openapi(app: FastAPI, rt: Runtime) -> dict[str, Any]:
     """Built once, on first request (rest/openapi.py completes FastAPI's)."""
     if not app.openapi_schema:
         app.openapi_schema = openapi.build(app, rt.registry)
+        if rt.keys is not None:  # the routes that need a key say so (and /docs can send one)
+            gate.document_keys(app.openapi_schema, rt.settings.api_keys_on_probes)
     return app.openapi_schema

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gradserve.errors import GradservError, Overloaded
+from gradserve.tracing import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    request_id = uuid.uuid4().hex[:12]
+    # The request's own id (X-Request-ID, rest/gate.py), so the client can find the line.
+    request_id = current_request_id() or uuid.uuid4().hex[:12]
     log.error("request %s %s failed", request_id, request.url.path, exc_info=exc)
     return error_response(request, 500, "internal", f"internal error (request id {request_id})")
 

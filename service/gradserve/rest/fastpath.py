@@ -1,6 +1,7 @@
 """Direct dispatch of the inference routes, ahead of FastAPI's router.
 
-Flow position: uvicorn -> **GradservApp.__call__** -> the /v1 or /v2 infer handler.
+Flow position: uvicorn -> **GradservApp.__call__** -> rest/gate.py (keys, request id,
+span, access log: every request) -> the /v1 or /v2 infer handler, or FastAPI.
 Profiling small requests under load (py-spy, V2 binary cross_entropy at concurrency
 64) put about 40% of the event loop's time in FastAPI's route matching and middleware
 stack, around a handler that itself needs little. The inference paths have a fixed
@@ -41,6 +42,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gradserve.rest.errors import render_error
+from gradserve.rest.gate import HttpGate
 
 if TYPE_CHECKING:
     from gradserve.runtime import Runtime
@@ -86,6 +88,8 @@ class GradservApp(FastAPI):
         self._admission_wait_s = 0.0
         self._waiters: deque[asyncio.Future[bool]] = deque()
         self._refused: Callable[[str, str], None] = lambda name, transport: None
+        # Keys, request ids, spans, access log (rest/gate.py); set with the runtime.
+        self.gate: HttpGate | None = None
 
     def set_fast_routes(self, v1: dict[str, Handler], v2: Handler) -> None:
         """``v1``: family -> handler of POST /v1/<family>/{op}; ``v2``: the handler of
@@ -95,6 +99,7 @@ class GradservApp(FastAPI):
         runtime = getattr(self.state, "runtime", None)  # create_app sets it before this call
         if runtime is not None:
             self.set_admission(runtime)
+            self.gate = HttpGate(runtime.settings, runtime.keys, runtime.tracing)
 
     def set_admission(self, runtime: Runtime) -> None:
         """Refuse inference requests up front, by the runtime's settings and batcher."""
@@ -124,6 +129,14 @@ class GradservApp(FastAPI):
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Every HTTP request passes the gate first, fast route or not: the one key check
+        # (the fast routes skip FastAPI's middleware), its id, span and access line.
+        if scope["type"] == "http" and self.gate is not None:
+            await self.gate(scope, receive, send, self._dispatch)
+        else:
+            await self._dispatch(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             found = self._match(scope["path"])
             if found is not None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from gradserve.ops.registry import OpSpec, ParamSpec
+from gradserve.warmup import example
 
 
 class TensorData(BaseModel):
@@ -77,3 +79,33 @@ def request_model(spec: OpSpec) -> type[BaseModel]:
         **fields,
     )
     return model
+
+
+# The lecture's example (a cat scored 3.2, car 5.1, frog -1.7; the cat is right) for the
+# ops that take it, rather than the warm-up's generic tensors.
+_LECTURE = {"input": [[3.2, 5.1, -1.7]], "target": [0]}
+_EXAMPLES: dict[str, dict[str, Any]] = {"cross_entropy": _LECTURE, "hinge": _LECTURE}
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def request_example(spec: OpSpec) -> dict[str, Any]:
+    """A small valid body for ``POST /v1/<family>/<op>``: the example /docs shows and its
+    "Try it out" sends. The warm-up's request (warmup.py, already run against every op
+    at start), as JSON, with gradients asked for where the op has them."""
+    if spec.name in _EXAMPLES:
+        body = dict(_EXAMPLES[spec.name])
+    else:
+        # Some examples draw random targets: seeded, so the served schema is the same
+        # from one start to the next, without touching the process's own generator.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            tensors, params = example(spec)
+        body = {name: _rounded(t.tolist()) for name, t in tensors.items()} | dict(params)
+    if spec.grad_outputs:
+        body["grad"] = True
+    return body

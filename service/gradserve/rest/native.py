@@ -2,7 +2,8 @@
 
 One route per op, generated from the registry so /docs shows each op's request
 model; all routes of a family share one handler. An op posted under the wrong family
-(or an unknown op) falls through to the family's catch-all and answers 404.
+answers 404 naming the route it belongs to (Registry.get); an unknown op answers 404.
+GET /v1/ops is the catalog, GET /v1/ops/{op} one op's entry of it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from gradserve.engine import Engine
 from gradserve.errors import InvalidInput, MalformedRequest
 from gradserve.ops.registry import Family, OpSpec, Registry
 from gradserve.rest.body import off_loop, read_body, until_disconnect
-from gradserve.rest.models import request_model
+from gradserve.rest.models import request_example, request_model
 
 FAMILIES: tuple[Family, ...] = ("activations", "losses", "init", "lab")
 
@@ -97,6 +98,10 @@ def build_router(engine: Engine, registry: Registry) -> APIRouter:
     async def ops() -> Response:
         return Response(dumps(catalog(registry)), media_type="application/json")
 
+    @router.get("/ops/{op}", summary="One op's catalog entry", tags=["catalog"])
+    async def op_entry(op: str) -> Response:
+        return Response(dumps(catalog_entry(registry.get(op))), media_type="application/json")
+
     for family in FAMILIES:
         router.add_api_route(
             f"/{family}/{{op}}",
@@ -125,7 +130,10 @@ def openapi_paths(registry: Registry) -> tuple[dict[str, Any], list[type[BaseMod
                 "requestBody": {
                     "required": True,
                     "content": {
-                        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+                        "application/json": {
+                            "schema": {"$ref": f"#/components/schemas/{model.__name__}"},
+                            "example": request_example(spec),
+                        }
                     },
                 },
                 "responses": {
@@ -143,42 +151,42 @@ def openapi_paths(registry: Registry) -> tuple[dict[str, Any], list[type[BaseMod
 
 def catalog(registry: Registry) -> dict[str, Any]:
     """GET /v1/ops: every op with its family, kind, inputs, params and outputs."""
+    return {"ops": [catalog_entry(s) for s in registry]}
+
+
+def catalog_entry(s: OpSpec) -> dict[str, Any]:
+    """One op's entry of the catalog (GET /v1/ops/{op} answers it alone)."""
     return {
-        "ops": [
+        "name": s.name,
+        "family": s.family,
+        "kind": s.kind,
+        "doc": s.doc,
+        "route": f"/v1/{s.family}/{s.name}",
+        "inputs": [
             {
-                "name": s.name,
-                "family": s.family,
-                "kind": s.kind,
-                "doc": s.doc,
-                "route": f"/v1/{s.family}/{s.name}",
-                "inputs": [
-                    {
-                        "name": t.name,
-                        "kind": t.kind,
-                        "optional": t.optional,
-                        "default": t.default,
-                        "doc": t.doc,
-                    }
-                    for t in s.inputs
-                ],
-                "params": [
-                    {
-                        "name": p.name,
-                        "type": p.type,
-                        "default": p.default,
-                        "choices": list(p.choices) if p.choices else None,
-                        "ge": p.ge,
-                        "gt": p.gt,
-                        "le": p.le,
-                        "nullable": p.nullable,
-                        "doc": p.doc,
-                    }
-                    for p in s.params
-                ],
-                "outputs": list(s.output_names),
-                "grad_outputs": list(s.grad_output_names),
-                "batching": s.batch_mode,
+                "name": t.name,
+                "kind": t.kind,
+                "optional": t.optional,
+                "default": t.default,
+                "doc": t.doc,
             }
-            for s in registry
-        ]
+            for t in s.inputs
+        ],
+        "params": [
+            {
+                "name": p.name,
+                "type": p.type,
+                "default": p.default,
+                "choices": list(p.choices) if p.choices else None,
+                "ge": p.ge,
+                "gt": p.gt,
+                "le": p.le,
+                "nullable": p.nullable,
+                "doc": p.doc,
+            }
+            for p in s.params
+        ],
+        "outputs": list(s.output_names),
+        "grad_outputs": list(s.grad_output_names),
+        "batching": s.batch_mode,
     }

@@ -151,13 +151,52 @@ COMPONENTS: dict[str, Any] = {
         "description": "The Triton model-config form (perf_analyzer reads it).",
         "properties": {"name": {"type": "string"}, "max_batch_size": {"type": "integer"}},
     },
+    "CatalogEntry": {
+        "type": "object",
+        "required": ["name", "family", "kind", "route", "inputs", "params", "outputs", "grad_outputs"],
+    },
     "Catalog": {
         "type": "object",
         "required": ["ops"],
-        "properties": {"ops": {"type": "array", "items": {"type": "object"}}},
+        "properties": {"ops": {"type": "array", "items": {"$ref": _REF + "CatalogEntry"}}},
     },
     "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+    # The shared-memory extensions (rest/shm.py).
+    "V2Empty": {"type": "object", "description": "Done (Triton answers an empty body)."},
+    "V2ShmStatus": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name", "byte_size"],
+            "properties": {
+                "name": {"type": "string"},
+                "key": {"type": "string"},
+                "offset": {"type": "integer", "minimum": 0},
+                "device_id": {"type": "integer", "minimum": 0},
+                "byte_size": {"type": "integer", "minimum": 0},
+            },
+        },
+    },
+    "V2SystemShmRegister": {
+        "type": "object",
+        "required": ["key", "byte_size"],
+        "properties": {
+            "key": {"type": "string", "description": "The POSIX shared memory object's name (shm_open)."},
+            "offset": {"type": "integer", "minimum": 0},
+            "byte_size": {"type": "integer", "minimum": 1},
+        },
+    },
+    "V2CudaShmRegister": {
+        "type": "object",
+        "required": ["raw_handle", "device_id", "byte_size"],
+        "properties": {
+            "raw_handle": {"type": "object", "properties": {"b64": {"type": "string"}}},
+            "device_id": {"type": "integer", "minimum": 0},
+            "byte_size": {"type": "integer", "minimum": 1},
+        },
+    },
 }
+_SHM_ERRORS = ("400", "404", "409", "413")
 
 
 def _content(name: str) -> dict[str, Any]:
@@ -184,7 +223,15 @@ def _path_params(path: str) -> list[dict[str, Any]]:
 def _v2_operation(path: str, method: str, op: dict[str, Any]) -> None:
     """Fill in one /v2 operation's params, body and answers in place."""
     op["parameters"] = _path_params(path)
-    if path.endswith("/infer"):
+    if "sharedmemory/" in path:
+        if path.endswith("/register"):
+            body = "V2CudaShmRegister" if "/cudasharedmemory/" in path else "V2SystemShmRegister"
+            op["requestBody"] = {"required": True, "content": _content(body)}
+        elif method == "post":  # unregister: no body (tritonclient sends none), any ignored
+            op["requestBody"] = {"required": False, "content": _content("V2Empty")}
+        ok = "V2ShmStatus" if path.endswith("/status") else "V2Empty"
+        op["responses"] = _answers(ok, _SHM_ERRORS, "V2Error")
+    elif path.endswith("/infer"):
         op["requestBody"] = {"required": True, "content": _content("V2InferenceRequest")}
         op["responses"] = _answers("V2InferenceResponse", _INFER_ERRORS, "V2Error")
     elif path.endswith("/ready"):
@@ -222,6 +269,8 @@ def build(app: FastAPI, registry: Registry) -> dict[str, Any]:
                 _v2_operation(path, method, op)
     if "/v1/ops" in paths:
         paths["/v1/ops"]["get"]["responses"] = _answers("Catalog", (), "NativeError")
+    if "/v1/ops/{op}" in paths:
+        paths["/v1/ops/{op}"]["get"]["responses"] = _answers("CatalogEntry", _LOOKUP_ERRORS, "NativeError")
     for probe in ("/healthz", "/readyz"):
         if probe in paths:
             extra = {"503": "Status"} if probe == "/readyz" else {}

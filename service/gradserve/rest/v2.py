@@ -5,7 +5,9 @@ Flow position: HTTP request -> **rest/v2** -> codecs/v2 (decode) -> engine -> co
 (encode). Each op is a model named after it, version "1"; every model route also
 answers under /versions/{v}. Bodies are parsed from raw bytes whatever the
 Content-Type (tritonclient sends none); errors render as ``{"error": msg}`` through
-rest/errors.py with the statuses of errors.py.
+rest/errors.py with the statuses of errors.py. Tensors may live in shared-memory
+regions of the runtime's registry (shm.py; routes in rest/shm.py): inputs are read as
+views of them, outputs written into them after the engine answers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from gradserve.engine import Engine
 from gradserve.errors import MalformedRequest, RequestTooLarge
 from gradserve.ops.registry import OpSpec, Registry
 from gradserve.rest.body import off_loop, read_body, until_disconnect
+from gradserve.shm import SharedMemory
 
 _JSON = "application/json"
 _HEADER_LENGTH = "inference-header-content-length"
@@ -102,9 +105,12 @@ def _model(registry: Registry, request: Request) -> OpSpec:
     return spec
 
 
-def infer_handler(engine: Engine, registry: Registry) -> Callable[[Request], Awaitable[Response]]:
+def infer_handler(
+    engine: Engine, registry: Registry, shm: SharedMemory | None = None
+) -> Callable[[Request], Awaitable[Response]]:
     """POST /v2/models/{model}[/versions/{version}]/infer. The app's fast dispatch
-    calls it directly (rest/app.py), FastAPI's router only documents it."""
+    calls it directly (rest/app.py), FastAPI's router only documents it. ``shm``: the
+    runtime's shared-memory regions (None: tensors naming one are refused)."""
     settings = engine.settings
 
     def model(request: Request) -> OpSpec:
@@ -125,7 +131,11 @@ def infer_handler(engine: Engine, registry: Registry) -> Callable[[Request], Awa
             if encoding and encoding.strip().lower() != "identity":
                 body = _decompress(body, encoding, limit)
             return v2.decode_rest_request(
-                body, header, settings.max_tensor_elements, binary_aligned=isinstance(body, memoryview)
+                body,
+                header,
+                settings.max_tensor_elements,
+                binary_aligned=isinstance(body, memoryview),
+                shm=shm,
             )
 
         # A binary body is sliced, not parsed: only its JSON header and compressed
@@ -147,11 +157,15 @@ def infer_handler(engine: Engine, registry: Registry) -> Callable[[Request], Awa
                 timeout_s=timeout_s,
             ),
         )
+        slots = req.shm_outputs
+        if slots:
+            await off_loop(v2.shm_bytes(slots, outputs), lambda: v2.write_shm_outputs(slots, outputs))
+        in_shm = {slot.name for slot in slots}
         flags = req.binary_flags(list(outputs))
-        as_json = [t for name, t in outputs.items() if not flags.get(name, False)]
+        as_json = [t for name, t in outputs.items() if not flags.get(name, False) and name not in in_shm]
         elements = check_json_answer(as_json, settings.max_json_response_elements)
         parts, head_length = await off_loop(
-            elements * 8, lambda: v2.encode_rest_response(spec.name, req.id, outputs, flags)
+            elements * 8, lambda: v2.encode_rest_response(spec.name, req.id, outputs, flags, in_shm)
         )
         if head_length is None:
             return Response(parts[0], media_type=_JSON)
@@ -160,8 +174,9 @@ def infer_handler(engine: Engine, registry: Registry) -> Callable[[Request], Awa
     return infer
 
 
-def build_router(engine: Engine, registry: Registry) -> APIRouter:
+def build_router(engine: Engine, registry: Registry, shm: SharedMemory | None = None) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["v2"])
+    extensions = shm.extensions if shm is not None else ()
 
     def model(request: Request) -> OpSpec:
         return _model(registry, request)
@@ -174,7 +189,7 @@ def build_router(engine: Engine, registry: Registry) -> APIRouter:
 
     @router.get("", summary="Server metadata")
     async def server_metadata() -> Response:
-        return _json(v2_models.server_metadata())
+        return _json(v2_models.server_metadata(extensions))
 
     @router.get("/health/live", summary="Server live")
     async def live() -> Response:
@@ -199,7 +214,7 @@ def build_router(engine: Engine, registry: Registry) -> APIRouter:
     async def model_config(request: Request) -> Response:
         return _json(v2_models.model_config(model(request)))
 
-    infer = infer_handler(engine, registry)
+    infer = infer_handler(engine, registry, shm)
 
     routes: list[tuple[str, Callable[[Request], Awaitable[Response]], str, str]] = [
         ("", model_metadata, "GET", "Model metadata"),

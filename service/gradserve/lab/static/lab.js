@@ -4,7 +4,11 @@
 //   GET  /v1/lab/plots/activation_stats   the histograms and curves (the figure)
 //   GET  /v1/lab/plots/activation, margin the side figures
 // Errors from the API are shown as the API words them; nothing is fetched from
-// outside the service.
+// outside the service. On a server with API keys (docs/security.md) every call above
+// needs `Authorization: Bearer <key>`: the page asks for the key when the server
+// answers 401, keeps it in sessionStorage (this tab only, gone when it closes) and
+// sends it on each fetch; the figures are fetched as blobs for the same reason (an
+// <img src> request cannot carry the header).
 "use strict";
 
 // The lecture's five cases (depth 10, width 500 each).
@@ -23,6 +27,41 @@ const initParams = new Map();
 let runs = 0;
 let plotUrl = null;
 let shownActivation = null;
+let catalogLoaded = false;
+const KEY_STORAGE = "gradserve.apiKey";
+
+function storedKey() {
+  try {
+    return sessionStorage.getItem(KEY_STORAGE) || "";
+  } catch (_) {
+    return ""; // storage disabled: the key field still works for this page's life
+  }
+}
+
+let apiKey = storedKey();
+
+// fetch() of a path of this service, with the API key when one was given.
+function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  if (apiKey) headers.set("Authorization", `Bearer ${apiKey}`);
+  return fetch(path, { ...options, headers });
+}
+
+// Show the key form (after a 401, or with a key kept from earlier in this tab).
+function showKeyForm(asked) {
+  $("auth").hidden = false;
+  $("forget-key").hidden = !apiKey;
+  if (asked) $("api-key").focus();
+}
+
+// An image fetched with the key, shown through an object URL (revoking the old one).
+async function showImage(img, path) {
+  const response = await api(path);
+  if (!response.ok) throw new Error(await apiError(response));
+  const previous = img.src.startsWith("blob:") ? img.src : null;
+  img.src = URL.createObjectURL(await response.blob());
+  if (previous) URL.revokeObjectURL(previous);
+}
 
 function setStatus(text) {
   $("status").textContent = text;
@@ -37,6 +76,7 @@ function showError(messages) {
 
 // An API error body -> its message ({"error": {"code", "message"}} under /v1).
 async function apiError(response) {
+  if (response.status === 401) showKeyForm(true);
   let message = `${response.status} ${response.statusText}`;
   try {
     const body = await response.json();
@@ -94,13 +134,13 @@ function readParams() {
 }
 
 async function fetchPlot(query) {
-  const response = await fetch(`/v1/lab/plots/activation_stats?${query}`);
+  const response = await api(`/v1/lab/plots/activation_stats?${query}`);
   if (!response.ok) throw new Error(await apiError(response));
   return response.blob();
 }
 
 async function fetchStats(params) {
-  const response = await fetch("/v1/lab/activation_stats", {
+  const response = await api("/v1/lab/activation_stats", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify(params),
@@ -165,7 +205,8 @@ async function run() {
   setStatus(errors.length ? "error" : `done in ${seconds} s`);
   if (params.activation && params.activation !== shownActivation && !errors.length) {
     shownActivation = params.activation;
-    $("activation-plot").src = `/v1/lab/plots/activation?op=${encodeURIComponent(shownActivation)}&img_width=640&img_height=400`;
+    const path = `/v1/lab/plots/activation?op=${encodeURIComponent(shownActivation)}&img_width=640&img_height=400`;
+    showImage($("activation-plot"), path).catch((error) => showError([error.message]));
   }
 }
 
@@ -183,20 +224,8 @@ function applyPreset(name) {
   }
 }
 
-async function start() {
-  const response = await fetch("/v1/ops");
-  if (!response.ok) {
-    showError([await apiError(response)]);
-    return;
-  }
-  const ops = (await response.json()).ops;
-  const lab = ops.find((op) => op.name === "activation_stats");
-  const param = (name) => lab.params.find((p) => p.name === name);
-  fillSelect($("activation"), param("activation").choices, param("activation").default);
-  fillSelect($("init"), param("init").choices, param("init").default);
-  for (const op of ops.filter((o) => o.family === "init")) {
-    initParams.set(op.name, new Set(op.params.map((p) => p.name)));
-  }
+// Once, at load: the controls' listeners.
+function wire() {
   $("init").addEventListener("change", syncInitParams);
   $("experiment").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -209,11 +238,58 @@ async function start() {
       run();
     });
   }
-  $("margin-plot").src = "/v1/lab/plots/margin?img_width=640&img_height=400";
+  $("auth").addEventListener("submit", (event) => {
+    event.preventDefault();
+    apiKey = $("api-key").value.trim();
+    $("api-key").value = "";
+    try {
+      if (apiKey) sessionStorage.setItem(KEY_STORAGE, apiKey);
+      else sessionStorage.removeItem(KEY_STORAGE);
+    } catch (_) {
+      // storage disabled: the key lives as long as the page
+    }
+    $("forget-key").hidden = !apiKey;
+    showError([]);
+    (catalogLoaded ? run() : start()).catch((error) => showError([String(error)]));
+  });
+  $("forget-key").addEventListener("click", () => {
+    apiKey = "";
+    try {
+      sessionStorage.removeItem(KEY_STORAGE);
+    } catch (_) {
+      // nothing kept
+    }
+    $("forget-key").hidden = true;
+  });
+  if (apiKey) showKeyForm(false);
+}
+
+// The catalog (the choices), then the first preset. Again after a key is given, if
+// the server refused the first try.
+async function start() {
+  const response = await api("/v1/ops");
+  if (!response.ok) {
+    showError([await apiError(response)]);
+    setStatus("error");
+    return;
+  }
+  catalogLoaded = true;
+  const ops = (await response.json()).ops;
+  const lab = ops.find((op) => op.name === "activation_stats");
+  const param = (name) => lab.params.find((p) => p.name === name);
+  fillSelect($("activation"), param("activation").choices, param("activation").default);
+  fillSelect($("init"), param("init").choices, param("init").default);
+  for (const op of ops.filter((o) => o.family === "init")) {
+    initParams.set(op.name, new Set(op.params.map((p) => p.name)));
+  }
+  showImage($("margin-plot"), "/v1/lab/plots/margin?img_width=640&img_height=400").catch((error) =>
+    showError([error.message]),
+  );
   applyPreset("tanh_small");
   await run();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  wire();
   start().catch((error) => showError([String(error)]));
 });
