@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from gradserve.errors import MalformedRequest
 from gradserve.rest.body import read_body
+from gradserve.rest.native import parse_json_object
 from gradserve.shm import SharedMemory, decode_cuda_handle
 
 # A register body is a few small fields; anything near this is not one.
@@ -43,14 +44,7 @@ def _ok() -> Response:
 
 
 async def _register_body(request: Request) -> dict[str, Any]:
-    raw = await read_body(request, _MAX_BODY_BYTES)
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedRequest(f"register body is not valid JSON: {exc}", code="malformed_json") from None
-    if not isinstance(doc, dict):
-        raise MalformedRequest("the register body must be a JSON object", code="malformed_json")
-    return doc
+    return parse_json_object(await read_body(request, _MAX_BODY_BYTES))
 
 
 def _uint(doc: dict[str, Any], key: str, default: int | None = None) -> int:
