@@ -173,9 +173,12 @@ async def serve(settings: Settings) -> None:
     await runtime.start()
     if grpc_server is not None:
         await grpc_server.start()
+    # Gives glibc's freed arenas back to the kernel when a load ends (malloc.py).
+    trimmer = asyncio.create_task(malloc.trim_when_idle(settings.malloc_trim_idle_s), name="malloc-trim")
     http_task = asyncio.create_task(server.serve(), name="http")
     stop_task = asyncio.create_task(stopping.wait(), name="signal")
     done, _ = await asyncio.wait({http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    trimmer.cancel()
     if http_task in done:  # uvicorn failed to start (port taken...)
         stop_task.cancel()
         await runtime.drain()

@@ -140,6 +140,13 @@ class Settings(BaseSettings):
         "returned when freed (less memory held after load, slower large tensors; malloc.py); "
         "0: glibc's adaptive default.",
     )
+    malloc_trim_idle_s: float = Field(
+        5.0,
+        ge=0,
+        description="glibc: after this many seconds with the process quiet following a rise of its memory, "
+        "give the heap memory freed by the load back to the OS (malloc_trim, off the event loop; malloc.py); "
+        "0: never.",
+    )
     drain_delay_s: float = Field(
         0.0,
         ge=0,

@@ -1,12 +1,19 @@
-"""malloc.tune: the glibc mmap threshold setting (applied in a child process, so the
-test process keeps its own allocator behaviour)."""
+"""malloc.py: the glibc mmap threshold setting (applied in a child process, so the test
+process keeps its own allocator behaviour), malloc_trim, and the policy that decides
+when the server trims (fed observations, no clock)."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
+import pytest
+
 from gradserve import malloc
+
+MiB = malloc.MiB
+IS_GLIBC = malloc._libc() is not None
 
 
 def test_zero_leaves_glibc_adaptive() -> None:
@@ -21,3 +28,112 @@ def test_a_threshold_is_applied_on_glibc() -> None:
         assert out.stdout.strip() == "True"
     else:  # pragma: no cover - musl/macOS: nothing to tune, and no crash
         assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not IS_GLIBC, reason="malloc_trim is glibc's")
+def test_trim_returns_freed_heap_pages() -> None:
+    """In a child: 64 MiB of 1 MiB blocks from the heap (threshold fixed above them),
+    all but the last freed and the last one kept (so the heap's top cannot just be
+    cut); trim() gives the free pages back (anonymous RSS falls by most of them)."""
+    code = """if True:
+        import ctypes
+        from gradserve import malloc
+        libc = malloc._libc()
+        libc.malloc.restype = ctypes.c_void_p
+        libc.free.argtypes = [ctypes.c_void_p]
+        libc.mallopt(-1, 1 << 30)        # M_TRIM_THRESHOLD: no automatic trimming on free
+        libc.mallopt(-3, 32 << 20)       # M_MMAP_THRESHOLD: 1 MiB blocks from the heap
+        blocks = [libc.malloc(1 << 20) for _ in range(65)]
+        for b in blocks:
+            ctypes.memset(b, 1, 1 << 20)  # fault the pages in
+        for b in blocks[:-1]:
+            libc.free(b)
+        before = malloc.anon_bytes()
+        released = malloc.trim()
+        print(released, (before - malloc.anon_bytes()) >> 20)
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    released, dropped_mib = out.stdout.split()
+    assert released == "True"
+    assert int(dropped_mib) >= 48
+
+
+def test_anon_bytes_reads_this_process() -> None:
+    anon = malloc.anon_bytes()
+    if anon is not None:  # Linux
+        assert anon > 0
+
+
+def policy() -> malloc.IdleTrim:
+    return malloc.IdleTrim(idle_ticks=3, quiet_cpu_s=0.05, min_rise_bytes=32 * MiB)
+
+
+def test_no_trim_while_busy_however_high_memory_is() -> None:
+    p = policy()
+    assert not p.observe(0.0, 300 * MiB)
+    assert not any(p.observe(0.9, 1200 * MiB) for _ in range(20))
+
+
+def test_trims_once_after_enough_quiet_ticks_following_growth() -> None:
+    p = policy()
+    p.observe(0.0, 300 * MiB)  # baseline
+    for _ in range(5):
+        p.observe(0.9, 1200 * MiB)  # the load
+    assert [p.observe(0.01, 1000 * MiB) for _ in range(3)] == [False, False, True]
+    p.trimmed(450 * MiB)
+    # Quiet from now on, memory where the trim left it: never again.
+    assert not any(p.observe(0.0, 450 * MiB) for _ in range(50))
+
+
+def test_a_busy_tick_restarts_the_idle_count() -> None:
+    p = policy()
+    p.observe(0.9, 300 * MiB)
+    results = [p.observe(cpu, 900 * MiB) for cpu in (0.01, 0.01, 0.5, 0.01, 0.01, 0.01)]
+    assert results == [False, False, False, False, False, True]
+
+
+def test_no_trim_without_growth() -> None:
+    """Quiet forever at the baseline (or a few MiB above it): nothing to give back."""
+    p = policy()
+    assert not any(p.observe(0.0, (300 + i % 20) * MiB) for i in range(100))
+
+
+def test_growth_is_measured_from_the_lowest_level() -> None:
+    """Memory that fell on its own lowers the reference; growth from there counts."""
+    p = policy()
+    p.observe(0.9, 500 * MiB)
+    p.observe(0.9, 400 * MiB)  # freed by glibc itself (an mmapped block, the top cut)
+    assert not any(p.observe(0.0, 420 * MiB) for _ in range(10))  # +20 MiB: under the rise
+    p.observe(0.9, 440 * MiB)
+    assert [p.observe(0.0, 440 * MiB) for _ in range(3)] == [False, False, True]
+
+
+def test_trim_when_idle_runs_the_trim_off_the_loop() -> None:
+    """The task with fakes: it trims once when quiet after growth, in a worker thread,
+    and reads the memory again after the trim."""
+    import threading
+
+    anon = iter([300 * MiB, 300 * MiB, 900 * MiB, 900 * MiB] + [400 * MiB] * 100)
+    cpu = iter([0.0, 0.0, 1.0, 1.0] + [1.0] * 100)
+    threads: list[str] = []
+
+    def fake_trim() -> bool:
+        threads.append(threading.current_thread().name)
+        return True
+
+    async def run() -> None:
+        task = asyncio.create_task(
+            malloc.trim_when_idle(
+                0.01, read_anon=lambda: next(anon), cpu_time=lambda: next(cpu), do_trim=fake_trim
+            )
+        )
+        for _ in range(2000):  # a bound on the wait only: it breaks at the first trim
+            await asyncio.sleep(0.005)
+            if threads:
+                break
+        task.cancel()
+
+    if not IS_GLIBC:  # pragma: no cover - the task returns at once without glibc
+        return
+    asyncio.run(run())
+    assert len(threads) == 1 and threads[0] != threading.main_thread().name
