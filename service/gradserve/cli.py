@@ -173,7 +173,8 @@ async def serve(settings: Settings) -> None:
     await runtime.start()
     if grpc_server is not None:
         await grpc_server.start()
-    # Gives glibc's freed arenas back to the kernel when a load ends (malloc.py).
+    # Gives glibc's freed arenas back to the kernel when a load ends (malloc.py). Its first
+    # step, before HTTP serves, reads the idle memory level that growth is measured from.
     trimmer = asyncio.create_task(malloc.trim_when_idle(settings.malloc_trim_idle_s), name="malloc-trim")
     http_task = asyncio.create_task(server.serve(), name="http")
     stop_task = asyncio.create_task(stopping.wait(), name="signal")

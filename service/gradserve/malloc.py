@@ -101,16 +101,25 @@ class IdleTrim:
     over the tick and its anonymous memory. Trim once the process has been quiet for
     ``idle_ticks`` ticks in a row and its memory is ``min_rise_bytes`` above its lowest
     level since the last trim; then the level after the trim is the new reference, so a
-    trim that gave little back is not repeated until memory grows again."""
+    trim that gave little back is not repeated until memory grows again.
+
+    ``low`` is the reference to start from: the level read when the server starts, idle.
+    Without it the first observation is the reference, and if that tick falls inside a
+    load (a load that begins within a tick of start-up) it is a level the load already
+    raised, often above where the load ends: the growth is never seen and no trim runs."""
 
     def __init__(
-        self, idle_ticks: int, quiet_cpu_s: float, min_rise_bytes: int = TRIM_MIN_RISE_BYTES
+        self,
+        idle_ticks: int,
+        quiet_cpu_s: float,
+        min_rise_bytes: int = TRIM_MIN_RISE_BYTES,
+        low: int | None = None,
     ) -> None:
         self.idle_ticks = idle_ticks
         self.quiet_cpu_s = quiet_cpu_s
         self.min_rise_bytes = min_rise_bytes
         self.quiet = 0
-        self.low: int | None = None
+        self.low = low
 
     def observe(self, cpu_s: float, anon: int) -> bool:
         """True: trim now."""
@@ -131,12 +140,15 @@ async def trim_when_idle(
     do_trim: Callable[[], bool] = trim,
 ) -> None:
     """Run for the life of the server (cancel to stop): trim glibc's arenas once the
-    process has been quiet for ``idle_s`` after its memory grew. Each tick costs the
-    loop one statm read and a CPU-time call; the trim runs in a worker thread."""
-    if idle_s <= 0 or _libc() is None or read_anon() is None:
+    process has been quiet for ``idle_s`` after its memory grew. Start it before the
+    server takes requests: the memory it reads at start is the reference that growth is
+    measured from. Each tick costs the loop one statm read and a CPU-time call; the trim
+    runs in a worker thread."""
+    start_anon = read_anon()
+    if idle_s <= 0 or _libc() is None or start_anon is None:
         return
     tick_s = min(1.0, idle_s)
-    policy = IdleTrim(math.ceil(idle_s / tick_s), QUIET_CPU_FRACTION * tick_s)
+    policy = IdleTrim(math.ceil(idle_s / tick_s), QUIET_CPU_FRACTION * tick_s, low=start_anon)
     cpu = cpu_time()
     while True:
         await asyncio.sleep(tick_s)
