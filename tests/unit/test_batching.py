@@ -213,6 +213,43 @@ async def test_idle_device_takes_a_lone_request_at_once(make_batcher: Factory) -
     await gather([task])
 
 
+def submit_grpc(engine: Engine, value: float) -> asyncio.Task[Any]:
+    request = engine.prepare("relu", {"x": x(3, value=value)}, {}, transport="grpc")
+    return asyncio.ensure_future(engine.submit(request))
+
+
+async def test_grpc_arrivals_in_a_stream_wait_for_company_on_an_idle_device(make_batcher: Factory) -> None:
+    # grpc.aio hands calls over one at a time: an idle device taking each at once ran
+    # batches of one (module doc of batching.py).
+    _batcher, runner, engine = await make_batcher(max_queue_delay_us=HUGE_DELAY_US, max_batch_rows=3)
+    first = submit_grpc(engine, 1)
+    call = await runner.next_call()  # the first of them still goes at once
+    assert values(call) == [1.0]
+    close = [submit_grpc(engine, 2), submit_grpc(engine, 3)]  # right behind it
+    call.release.set()
+    await gather([first])
+    await settle()
+    assert runner.no_call_waiting()  # idle, but they followed closely: they wait
+    last = submit_grpc(engine, 4)
+    call = await runner.next_call()  # the bucket filled: it goes
+    assert values(call) == [2.0, 3.0, 4.0]
+    call.release.set()
+    await gather([*close, last])
+
+
+async def test_a_lone_grpc_caller_still_goes_at_once(make_batcher: Factory) -> None:
+    _batcher, runner, engine = await make_batcher(max_queue_delay_us=200_000)
+    for value in (1.0, 2.0):
+        task = submit_grpc(engine, value)
+        await settle()  # scheduling yields only: far less than the 200 ms delay
+        assert not runner.no_call_waiting()  # it went without waiting the delay
+        call = await runner.next_call()
+        assert values(call) == [value]
+        call.release.set()
+        await gather([task])
+        await asyncio.sleep(0.25)  # the next arrival comes later than the delay
+
+
 async def test_a_finished_batch_wakes_a_waiting_bucket(make_batcher: Factory) -> None:
     _batcher, runner, engine = await make_batcher(max_queue_delay_us=HUGE_DELAY_US)
     hold = submit(engine, *HOLD)
