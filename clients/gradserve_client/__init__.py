@@ -8,10 +8,13 @@ Four clients that mirror each other method for method, over one I/O-free core:
 
 Each has ``activation``, ``loss`` and ``init`` (one per op family), a generic
 ``infer``, ``ops``, ``model_metadata``, ``server_metadata``, ``live`` / ``ready`` /
-``model_ready``, and is a (async) context manager. Answers are ``Outputs``: numpy
-arrays keyed by output name (``.torch()`` gives torch tensors). Errors are the
-exceptions of ``gradserve_client.errors``; overload and unavailability are retried
-per ``RetryPolicy``.
+``model_ready``, and is a (async) context manager. The gRPC clients also stream:
+``stream()`` gives an ``InferStream`` / ``AsyncInferStream`` that carries many
+concurrent calls over one ModelStreamInfer rpc, and ``infer_many`` runs a list of
+calls over one. Answers are ``Outputs``: numpy arrays keyed by output name
+(``.torch()`` gives torch tensors). Errors are the exceptions of
+``gradserve_client.errors``; overload and unavailability are retried per
+``RetryPolicy``.
 """
 
 import warnings
@@ -29,6 +32,9 @@ from gradserve_client._core import (
 )
 from gradserve_client._grpc import AsyncGrpcClient, GrpcClient
 from gradserve_client._http import AsyncClient, Client
+from gradserve_client._stream import AsyncInferStream
+from gradserve_client._stream_sync import InferStream
+from gradserve_client._stream_wire import InferCall
 from gradserve_client.errors import (
     ALIAS_WARNING,
     GradserveError,
@@ -48,9 +54,12 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncClient",
     "AsyncGrpcClient",
+    "AsyncInferStream",
     "Client",
     "GradserveError",
     "GrpcClient",
+    "InferCall",
+    "InferStream",
     "InvalidInputError",
     "ModelMetadata",
     "NotFoundError",

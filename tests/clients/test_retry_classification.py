@@ -33,6 +33,7 @@ from gradserve_client import (
     UnavailableError,
     _core,
     _http,
+    _httpx,
     errors,
 )
 from gradserve_client.generated import inference_pb2 as pb
@@ -75,7 +76,7 @@ DISCONNECTED = "Server disconnected without sending a response."
     ],
 )
 def test_http_transport_errors(exc: httpx.TransportError, answer_started: bool, expected: type) -> None:
-    error = _http._transport_error(exc, "http://h", answer_started=answer_started)
+    error = _httpx.transport_error(exc, "http://h", answer_started=answer_started)
     assert type(error) is expected
     assert error.retryable == (expected is UnavailableError)
 
@@ -103,11 +104,11 @@ def test_grpc_concurrent_rpc_limit_is_an_overload() -> None:
 
 
 def test_keepalive_expiry_reaches_the_pool() -> None:
-    # httpx keeps it on the pool (httpcore's private attribute; no public getter).
+    # The SDK's own pool (_pool.py) holds it; with transport= httpx's transport pools instead.
     with Client("http://h", keepalive_expiry_s=1.5) as client:
-        assert client._http._transport._pool._keepalive_expiry == 1.5  # type: ignore[attr-defined]
+        assert client._sender.keepalive_expiry_s == 1.5  # type: ignore[union-attr]
     with Client("http://h") as client:
-        assert client._http._transport._pool._keepalive_expiry == _http.DEFAULT_KEEPALIVE_EXPIRY_S  # type: ignore[attr-defined]
+        assert client._sender.keepalive_expiry_s == _http.DEFAULT_KEEPALIVE_EXPIRY_S  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="keepalive_expiry_s"):
         AsyncClient("http://h", keepalive_expiry_s=-1)
 

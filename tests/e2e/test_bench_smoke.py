@@ -52,3 +52,26 @@ def test_bench_quick_one_cell_prints_the_table(tmp_path):
     assert req_s > 0, row
     assert any(line.startswith("torch") for line in lines)
     assert "| gradserve | native HTTP | on | 1 |" in out.read_text()
+
+
+@pytest.mark.timeout(120)
+def test_bench_sdk_rows(tmp_path):
+    # The SDK's four clients as load generators (bench/sdk.py), each in its own process.
+    out = tmp_path / "bench.md"
+    cmd = [sys.executable, "-m", "gradserve", "bench", "--duration-s", "0.5", "--sections", "small"]
+    cmd += ["--transports", "sdk-http,sdk-grpc", "--batching", "on", "--concurrency", "2"]
+    cmd += ["--no-floors", "--no-torch", "--perf-analyzer", "none", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "service")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=115, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = out.read_text()
+    for transport, client in [
+        ("SDK V2 HTTP", "http-sync"),
+        ("SDK V2 HTTP", "http-async"),
+        ("SDK V2 gRPC", "grpc-sync"),
+        ("SDK V2 gRPC", "grpc-async"),
+    ]:
+        row = next(line for line in table.splitlines() if f"| SDK {client}" in line)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == transport and cells[3] == "2", row
+        assert float(cells[4].replace(",", "")) > 0 and "errors" not in cells[4], row

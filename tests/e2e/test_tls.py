@@ -277,12 +277,16 @@ def test_the_sdk_over_tls_with_a_key(tls_server: ServerProcess, pki: Pki) -> Non
     ) as grpc_client:
         assert grpc_client.loss("mse", [1.0, 2.0], [1.0, 0.0])["loss"].tolist() == pytest.approx(2.0)
         assert any(op.name == "relu" for op in grpc_client.ops())  # the catalog over HTTPS, same key
+        with grpc_client.stream() as stream:  # its own channel: the same credentials and key
+            assert stream.activation("relu", X)["y"].tolist() == [0.0, 0.0, 2.0]
 
     async def twins() -> None:
         async with AsyncClient(https(tls_server), ca_cert=str(pki.ca), api_key=KEY) as client:
             assert (await client.activation("relu", X))["y"].tolist() == [0.0, 0.0, 2.0]
         async with AsyncGrpcClient(tls_server.grpc_target, ca_cert=pki.ca, api_key=KEY) as client:
             assert (await client.activation("relu", X))["y"].tolist() == [0.0, 0.0, 2.0]
+            async with client.stream() as stream:
+                assert (await stream.activation("relu", X))["y"].tolist() == [0.0, 0.0, 2.0]
 
     asyncio.run(twins())
 

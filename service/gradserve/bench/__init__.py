@@ -41,7 +41,8 @@ name a running gradserve. Every load is bounded by ``--duration-s``.
 
 Modules: ``servers`` (starting the servers, CPU accounting), ``workloads`` (the ops,
 request bodies, in-process torch), ``loadgen`` (the Python load generator),
-``perf_analyzer`` (driving perf_analyzer), ``runner`` (the cells of a plan),
+``perf_analyzer`` (driving perf_analyzer), ``sdk`` (the SDK's clients as load
+generators), ``runner`` (the cells of a plan),
 ``results`` (a measured row), ``report`` (the table); this module parses the
 command line into a plan and runs it.
 """
@@ -64,7 +65,7 @@ from gradserve.bench.workloads import Work, discover_work
 
 __all__ = ["main"]
 
-TRANSPORTS = ("native", "v2", "grpc", "grpc-stream", "shm")
+TRANSPORTS = ("native", "v2", "grpc", "grpc-stream", "shm", "sdk-http", "sdk-grpc")
 
 
 def parse_list(text: str, allowed: Sequence[str] | None = None) -> list[str]:
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--transports",
         default="native,v2,grpc,grpc-stream,shm",
         help="of native, v2, grpc, grpc-stream (ModelStreamInfer), shm (V2 HTTP, tensors in system "
-        "shared memory; large section only)",
+        "shared memory; large section only), sdk-http, sdk-grpc (gradserve_client's sync client in "
+        "threads and async client in tasks, small section only; not in the default)",
     )
     p.add_argument("--batching", default="on,off", help="on, off or both (ignored with --url)")
     p.add_argument(
@@ -140,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     plan = make_plan(args)
     if args.url and not args.grpc:
-        plan.transports = [t for t in plan.transports if not t.startswith("grpc")]
+        plan.transports = [t for t in plan.transports if "grpc" not in t]
     machine = machine_line()
     print(f"gradserve bench: {machine}", flush=True)
     print(

@@ -18,6 +18,8 @@ TRANSPORT_LABEL = {
     "grpc": "V2 gRPC",
     "grpc-stream": "V2 gRPC stream",
     "shm": "V2 HTTP + system shm",
+    "sdk-http": "SDK V2 HTTP",
+    "sdk-grpc": "SDK V2 gRPC",
 }
 
 

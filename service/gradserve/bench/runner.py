@@ -122,7 +122,7 @@ class Bench:
         """(transport, batching, server, concurrency) of each gradserve cell, in table order."""
         for transport in transports:
             for batching, server in servers.items():
-                if transport == "grpc" and server.grpc is None:
+                if transport in ("grpc", "sdk-grpc") and server.grpc is None:
                     continue
                 for c in concurrency:
                     yield transport, batching, server, c
@@ -157,6 +157,9 @@ class Bench:
         native_body = native_small_body(work)
         transports = [t for t in plan.transports if t != "shm"]  # 8x10 fits in any request
         for transport, batching, server, c in self._gradserve_cells(servers, transports, plan.concurrency):
+            if transport.startswith("sdk-"):
+                self._sdk_cells(server, transport, batching, c)
+                continue
             if transport == "native":
                 url = f"{server.http}/v1/losses/{SMALL_OP}"
                 spec = LoadSpec("http", url, native_body, {"Content-Type": "application/json"})
@@ -172,6 +175,28 @@ class Bench:
                     work.small_outputs,
                     stream=transport == "grpc-stream",
                 )
+            self.add(row, "small", "gradserve", transport, batching)
+
+    def _sdk_cells(self, server: Server, transport: str, batching: str, concurrency: int) -> None:
+        """The SDK's sync client in threads, then its async client in tasks (bench/sdk.py),
+        each noted with its ratio to perf_analyzer's row of the same cell, if measured."""
+        # Imported here: ``python -m gradserve.bench.sdk`` (the cell's child process)
+        # must not find its module already imported by this package's __init__.
+        from gradserve.bench.sdk import TRANSPORT_CLIENTS, run_sdk_cell
+
+        target = server.http if transport == "sdk-http" else server.grpc
+        assert target is not None
+        pa_transport = "v2" if transport == "sdk-http" else "grpc"
+        for kind in TRANSPORT_CLIENTS[transport]:
+            row = run_sdk_cell(kind, target, concurrency, self.plan.duration_s, server.pid)
+            for ref in self.rows:
+                if (
+                    (ref.target, ref.transport, ref.batching, ref.concurrency, ref.loadgen)
+                    == ("gradserve", pa_transport, batching, concurrency, "perf_analyzer")
+                    and ref.req_s > 0
+                    and not row.note
+                ):
+                    row.note = f"{row.req_s / ref.req_s:.2f}x perf_analyzer"
             self.add(row, "small", "gradserve", transport, batching)
 
     def _small_floors(self, floor: Server, work: Work, inputs: list[InputTensor]) -> None:
@@ -205,7 +230,7 @@ class Bench:
         if floor is not None:
             for c in plan.large_concurrency:
                 self._floor_cells(floor, "large", LARGE_OP, work, c, inputs, [], work.large_outputs, pa_large)
-        transports = [t for t in plan.transports if t != "native"]
+        transports = [t for t in plan.transports if t != "native" and not t.startswith("sdk-")]
         for transport, batching, server, c in self._gradserve_cells(
             servers, transports, plan.large_concurrency
         ):
