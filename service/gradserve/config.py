@@ -122,7 +122,8 @@ class Settings(BaseSettings):
         500,
         ge=0,
         description="While a batch runs, longest the next one waits for more requests after its first "
-        "arrival (microseconds); an idle device takes work at once.",
+        "arrival (microseconds); an idle device takes work at once, except gRPC calls arriving within this "
+        "delay of each other (docs/architecture.md).",
     )
     max_queue_size: int = Field(1024, ge=1, description="Most requests waiting; 429 past it.")
     max_batches_in_flight: int = Field(2, ge=1, description="Batches handed to the device at once.")

@@ -90,7 +90,18 @@ async def test_series_exist_and_move(server: ServerProcess) -> None:
 
 @pytest.mark.timeout(60)
 async def test_queue_full_is_429_and_counted(server_factory: Callable[..., ServerProcess]) -> None:
-    server = server_factory("--batching", "false", "--max-batches-in-flight", "1", "--max-queue-size", "2")
+    # No admission wait: with the default (1 s, rest/fastpath.py) a request past the full
+    # queue waits for a slot, and on a fast machine all 8 slow requests got one in time.
+    server = server_factory(
+        "--batching",
+        "false",
+        "--max-batches-in-flight",
+        "1",
+        "--max-queue-size",
+        "2",
+        "--http-admission-wait-s",
+        "0",
+    )
     async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as client:
         # They arrive together: two wait (one may already run), the rest are refused.
         responses = await asyncio.gather(*(post_slow(client, seed) for seed in range(8)))

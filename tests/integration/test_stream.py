@@ -78,6 +78,11 @@ async def test_an_error_is_one_answer_and_the_stream_goes_on(stub: pb_grpc.GRPCI
     assert "unknown op 'nope'" in answers["model"].error_message
     assert "int64" in answers["dtype"].error_message
     assert "needs 8" in answers["short"].error_message
+    # The error's code rides in the answer's parameters (a stream message has no trailers).
+    assert "gradserve-error-code" not in answers["before"].infer_response.parameters
+    codes = {i: a.infer_response.parameters["gradserve-error-code"].string_param for i, a in answers.items()}
+    assert codes["model"] == "op_not_found" and codes["dtype"] == "invalid_input"
+    assert codes["short"] == "malformed_request"
     assert all(answers[i].infer_response.model_name in ("relu", "nope") for i in answers)
 
 

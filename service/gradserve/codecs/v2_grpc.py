@@ -289,9 +289,16 @@ def serialize_stream_response(response: InferResponseWire) -> bytes:
     return b"".join([_STREAM_RESPONSE_TAG, _encode_varint(size), *parts])
 
 
-def serialize_stream_error(message: str, model: str, request_id: str) -> bytes:
-    """One ModelStreamInfer answer for a request that failed: ``error_message``, and
-    the model and id so that a client matching answers by id can place it (tritonclient
-    reads only the message)."""
+# The error's code (errors.py: queue_full, invalid_input, ...) in a stream error answer's
+# parameters: a unary call carries it in its trailers, a stream message has none of its own.
+STREAM_ERROR_CODE_PARAM = "gradserve-error-code"
+
+
+def serialize_stream_error(message: str, model: str, request_id: str, code: str | None = None) -> bytes:
+    """One ModelStreamInfer answer for a request that failed: ``error_message``, the
+    model and id so that a client matching answers by id can place it, and the error's
+    code as a parameter (tritonclient reads only the message and ignores the rest)."""
     head = pb.ModelInferResponse(model_name=model, id=request_id)
+    if code is not None:
+        head.parameters[STREAM_ERROR_CODE_PARAM].string_param = code
     return pb.ModelStreamInferResponse(error_message=message, infer_response=head).SerializeToString()

@@ -250,14 +250,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return v2_grpc.serialize_stream_response(await self._infer(request, remaining_s))
         except GradservError as exc:
-            error = exc.message
+            error, code = exc.message, exc.kind.code
         except asyncio.CancelledError:
             raise
         except Exception:
             request_id = current_request_id() or uuid.uuid4().hex[:12]  # the call's x-request-id
             log.exception("gRPC stream request %s failed", request_id)
-            error = f"internal error (request id {request_id})"
-        return v2_grpc.serialize_stream_error(error, message.model_name, message.id)
+            error, code = f"internal error (request id {request_id})", "internal"
+        return v2_grpc.serialize_stream_error(error, message.model_name, message.id, code)
 
     # ------------------------------------------------------------ shared memory
 
