@@ -1,6 +1,6 @@
 """``AsyncGrpcClient``: the asynchronous twin of ``GrpcClient``, over ``grpc.aio``.
 
-Flow position: an awaited client method -> ``_core`` tensors ->
+Flow position: an awaited client method (``_families.py``) -> ``_core`` tensors ->
 **AsyncGrpcClient._run** -> **_call** (the retry loop: ``asyncio.sleep`` between
 attempts, within one ``Deadline``) -> ModelInfer bytes in and out (``_grpc_wire``) ->
 ``Outputs``. The shared steps are ``_grpc_common``'s; the streaming methods
@@ -26,15 +26,15 @@ from gradserve_client._core import (
     ParamValue,
     RetryPolicy,
     ServerMetadata,
-    TensorLike,
 )
+from gradserve_client._families import AsyncFamilies
 from gradserve_client._grpc_common import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, _GrpcCommon
 from gradserve_client._http import AsyncClient
 from gradserve_client._stream_sync import AsyncStreaming
 from gradserve_client._tls import PemPath
 
 
-class AsyncGrpcClient(_GrpcCommon, AsyncStreaming):
+class AsyncGrpcClient(_GrpcCommon, AsyncStreaming, AsyncFamilies):
     """Asynchronous twin of ``GrpcClient`` (grpc.aio): the same constructor and methods,
     awaited. Use ``async with``, or ``await aclose()``. Create it inside the event loop
     that will use it."""
@@ -81,56 +81,6 @@ class AsyncGrpcClient(_GrpcCommon, AsyncStreaming):
         """Close the channel."""
         self._closed = True
         await self._channel.close()
-
-    async def activation(
-        self,
-        op: str,
-        x: TensorLike,
-        *,
-        grad: bool = False,
-        inputs: Mapping[str, TensorLike] | None = None,
-        timeout_s: float | None = None,
-        **params: ParamValue,
-    ) -> Outputs:
-        """Run an activation op on ``x``; see ``Client.activation``."""
-        return await self._run(op, _core.activation_inputs(x, inputs), params, None, grad, timeout_s)
-
-    async def loss(
-        self,
-        op: str,
-        input: TensorLike | None = None,
-        target: TensorLike | None = None,
-        *,
-        grad: bool = False,
-        inputs: Mapping[str, TensorLike] | None = None,
-        timeout_s: float | None = None,
-        **params: ParamValue,
-    ) -> Outputs:
-        """Run a loss op; see ``Client.loss``."""
-        return await self._run(op, _core.loss_inputs(input, target, inputs), params, None, grad, timeout_s)
-
-    async def init(
-        self, op: str, shape: Sequence[int], *, timeout_s: float | None = None, **params: ParamValue
-    ) -> Outputs:
-        """Run a weight-initialization op; see ``Client.init``."""
-        return await self._run(op, [], {**params, "shape": tuple(shape)}, None, False, timeout_s)
-
-    async def activation_stats(self, *, timeout_s: float | None = None, **params: ParamValue) -> Outputs:
-        """Run the lab's experiment; see ``Client.activation_stats``."""
-        return await self._run("activation_stats", [], params, None, False, timeout_s)
-
-    async def infer(
-        self,
-        op: str,
-        inputs: Mapping[str, TensorLike] | None = None,
-        params: Mapping[str, ParamValue] | None = None,
-        outputs: Sequence[str] | None = None,
-        *,
-        grad: bool = False,
-        timeout_s: float | None = None,
-    ) -> Outputs:
-        """Run any op with named tensors and params; see ``Client.infer``."""
-        return await self._run(op, _core.encode_inputs(inputs), params or {}, outputs, grad, timeout_s)
 
     async def _run(
         self,

@@ -1,9 +1,9 @@
 """``GrpcClient``: the synchronous gRPC client, blocking calls on a ``grpc`` channel.
 
-Flow position: a client method -> ``_core`` tensors -> **GrpcClient._run** (the
-``grad=True`` outputs from cached metadata) -> **_call** (the retry loop:
-``time.sleep`` between attempts, within one ``Deadline``) -> ModelInfer bytes in and
-out (``_grpc_wire``) -> ``Outputs``. The shared steps are ``_grpc_common``'s; the
+Flow position: a client method (``_families.py``) -> ``_core`` tensors ->
+**GrpcClient._run** (the ``grad=True`` outputs from cached metadata) -> **_call** (the
+retry loop: ``time.sleep`` between attempts, within one ``Deadline``) -> ModelInfer
+bytes in and out (``_grpc_wire``) -> ``Outputs``. The shared steps are ``_grpc_common``'s; the
 streaming methods (``stream``, ``infer_many``) are ``_stream_sync.Streaming``'s.
 """
 
@@ -25,15 +25,15 @@ from gradserve_client._core import (
     ParamValue,
     RetryPolicy,
     ServerMetadata,
-    TensorLike,
 )
+from gradserve_client._families import SyncFamilies
 from gradserve_client._grpc_common import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, _GrpcCommon
 from gradserve_client._http import Client
 from gradserve_client._stream_sync import Streaming
 from gradserve_client._tls import PemPath
 
 
-class GrpcClient(_GrpcCommon, Streaming):
+class GrpcClient(_GrpcCommon, Streaming, SyncFamilies):
     """Synchronous gRPC client (V2 ``inference.GRPCInferenceService``).
 
     Args:
@@ -97,56 +97,6 @@ class GrpcClient(_GrpcCommon, Streaming):
         """Close the channel."""
         self._closed = True
         self._channel.close()
-
-    def activation(
-        self,
-        op: str,
-        x: TensorLike,
-        *,
-        grad: bool = False,
-        inputs: Mapping[str, TensorLike] | None = None,
-        timeout_s: float | None = None,
-        **params: ParamValue,
-    ) -> Outputs:
-        """Run an activation op on ``x``; see ``Client.activation``."""
-        return self._run(op, _core.activation_inputs(x, inputs), params, None, grad, timeout_s)
-
-    def loss(
-        self,
-        op: str,
-        input: TensorLike | None = None,
-        target: TensorLike | None = None,
-        *,
-        grad: bool = False,
-        inputs: Mapping[str, TensorLike] | None = None,
-        timeout_s: float | None = None,
-        **params: ParamValue,
-    ) -> Outputs:
-        """Run a loss op; see ``Client.loss``."""
-        return self._run(op, _core.loss_inputs(input, target, inputs), params, None, grad, timeout_s)
-
-    def init(
-        self, op: str, shape: Sequence[int], *, timeout_s: float | None = None, **params: ParamValue
-    ) -> Outputs:
-        """Run a weight-initialization op; see ``Client.init``."""
-        return self._run(op, [], {**params, "shape": tuple(shape)}, None, False, timeout_s)
-
-    def activation_stats(self, *, timeout_s: float | None = None, **params: ParamValue) -> Outputs:
-        """Run the lab's experiment; see ``Client.activation_stats``."""
-        return self._run("activation_stats", [], params, None, False, timeout_s)
-
-    def infer(
-        self,
-        op: str,
-        inputs: Mapping[str, TensorLike] | None = None,
-        params: Mapping[str, ParamValue] | None = None,
-        outputs: Sequence[str] | None = None,
-        *,
-        grad: bool = False,
-        timeout_s: float | None = None,
-    ) -> Outputs:
-        """Run any op with named tensors and params; see ``Client.infer``."""
-        return self._run(op, _core.encode_inputs(inputs), params or {}, outputs, grad, timeout_s)
 
     def _run(
         self,

@@ -1,6 +1,6 @@
 """The synchronous HTTP client, ``Client``, over the V2 REST API (and GET /v1/ops).
 
-Flow position: a method (``loss``, ``infer``...) -> ``_HttpCommon`` (_http_common.py:
+Flow position: a method (``loss``, ``infer``...: ``_families.py``) -> ``_HttpCommon`` (_http_common.py:
 the request from ``_core``, the retry decision) -> **Client._send** (the retry loop:
 attempt, sleep, deadline) -> a sender: ``_pool.SyncPool`` (keep-alive HTTP/1.1
 sockets shared by the caller's threads), or ``_httpx.HttpxSync`` when ``transport=``
@@ -25,8 +25,8 @@ from gradserve_client._core import (
     ParamValue,
     RetryPolicy,
     ServerMetadata,
-    TensorLike,
 )
+from gradserve_client._families import SyncFamilies
 from gradserve_client._http11 import Answer
 from gradserve_client._http_async import AsyncClient as AsyncClient
 from gradserve_client._http_common import (
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_KEEPALIVE_EXPIRY_S", "DEFAULT_URL", "AsyncClient", "Client"]
 
 
-class Client(_HttpCommon):
+class Client(_HttpCommon, SyncFamilies):
     """Synchronous HTTP client (V2 REST; binary tensor data unless ``binary=False``).
 
     Args:
@@ -116,103 +116,7 @@ class Client(_HttpCommon):
         """Close the connection pool."""
         self._sender.close()
 
-    # -- ops ---------------------------------------------------------------------
-
-    def activation(
-        self,
-        op: str,
-        x: TensorLike,
-        *,
-        grad: bool = False,
-        inputs: Mapping[str, TensorLike] | None = None,
-        timeout_s: float | None = None,
-        **params: ParamValue,
-    ) -> Outputs:
-        """Run an activation op on ``x``.
-
-        Args:
-            op: the op name (``"relu"``, ``"gelu"``, ``"prelu"``...).
-            x: the input tensor; nested lists and integer lists are sent as float32.
-            grad: also return the gradients (``grad_x``, and ``grad_<input>`` of each extra input).
-            inputs: extra tensors: ``grad_y`` (upstream gradient), prelu's ``alpha``,
-                maxout's ``weight`` and ``bias``.
-            timeout_s: this call's timeout (default: the client's).
-            **params: the op's params, e.g. ``negative_slope=0.2``.
-
-        Returns:
-            ``y`` (and the gradients) as numpy arrays keyed by output name.
-        """
-        return self._run(op, _core.activation_inputs(x, inputs), params, None, grad, timeout_s)
-
-    def loss(
-        self,
-        op: str,
-        input: TensorLike | None = None,
-        target: TensorLike | None = None,
-        *,
-        grad: bool = False,
-        inputs: Mapping[str, TensorLike] | None = None,
-        timeout_s: float | None = None,
-        **params: ParamValue,
-    ) -> Outputs:
-        """Run a loss op (also ``regularization`` and ``full_loss``).
-
-        Args:
-            op: the op name (``"cross_entropy"``, ``"mse"``, ``"hinge"``...).
-            input: scores or predictions (sent as float32 when given as a list).
-            target: targets (integer lists are sent as int64 class indices).
-            grad: also return the gradients (``grad_input``...).
-            inputs: other tensors: ``weight``, ``pos_weight``, ``grad_loss``; for
-                ``regularization`` its ``weight``; for ``full_loss`` ``x``, ``weight``, ``bias``.
-            timeout_s: this call's timeout.
-            **params: e.g. ``reduction="sum"``, ``label_smoothing=0.1``.
-        """
-        return self._run(op, _core.loss_inputs(input, target, inputs), params, None, grad, timeout_s)
-
-    def init(
-        self, op: str, shape: Sequence[int], *, timeout_s: float | None = None, **params: ParamValue
-    ) -> Outputs:
-        """Run a weight-initialization op: returns ``weight`` and the ``std`` it aimed for.
-
-        Args:
-            op: the op name (``"kaiming_normal"``, ``"xavier_uniform"``...).
-            shape: the weight's shape, PyTorch style ([fan_out, fan_in, *kernel]).
-            **params: e.g. ``seed=0``, ``dtype="float64"``, ``mode="fan_out"``.
-        """
-        return self._run(op, [], {**params, "shape": tuple(shape)}, None, False, timeout_s)
-
-    def activation_stats(self, *, timeout_s: float | None = None, **params: ParamValue) -> Outputs:
-        """Run the lab's experiment (API.md 6): a unit-Gaussian batch through a deep net.
-
-        Args:
-            **params: ``depth`` (10), ``width`` (500), ``batch`` (1000), ``activation``
-                ("tanh"), ``init`` ("normal") and that init's own params (``std``,
-                ``mode``, ``gain``...), ``seed`` (0), ``bins`` (50).
-            timeout_s: this call's timeout.
-
-        Returns:
-            Per layer, layer 1 first: ``mean``, ``std``, ``saturated``, ``dead``,
-            ``grad_std`` (float32 [depth]), ``hist`` (int64 [depth, bins]) and ``edges``
-            (float32 [depth, bins + 1]), as numpy arrays.
-        """
-        return self._run("activation_stats", [], params, None, False, timeout_s)
-
-    def infer(
-        self,
-        op: str,
-        inputs: Mapping[str, TensorLike] | None = None,
-        params: Mapping[str, ParamValue] | None = None,
-        outputs: Sequence[str] | None = None,
-        *,
-        grad: bool = False,
-        timeout_s: float | None = None,
-    ) -> Outputs:
-        """Run any op with named tensors and params.
-
-        ``outputs`` names the outputs to return (gradients included); without it the
-        op's plain outputs come back, plus the gradients when ``grad``.
-        """
-        return self._run(op, _core.encode_inputs(inputs), params or {}, outputs, grad, timeout_s)
+    # -- ops (the methods are SyncFamilies') ---------------------------------------
 
     def _run(
         self,

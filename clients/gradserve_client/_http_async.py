@@ -23,8 +23,8 @@ from gradserve_client._core import (
     ParamValue,
     RetryPolicy,
     ServerMetadata,
-    TensorLike,
 )
+from gradserve_client._families import AsyncFamilies
 from gradserve_client._http11 import Answer
 from gradserve_client._http_common import (
     DEFAULT_KEEPALIVE_EXPIRY_S,
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from gradserve_client._httpx import HttpxAsync
 
 
-class AsyncClient(_HttpCommon):
+class AsyncClient(_HttpCommon, AsyncFamilies):
     """Asynchronous twin of ``Client``: the same constructor (with an
     ``httpx.AsyncBaseTransport``, e.g. ``httpx.ASGITransport(app=app)``) and the same
     methods, awaited. Use ``async with``, or ``await aclose()``. Its connections belong
@@ -92,56 +92,6 @@ class AsyncClient(_HttpCommon):
             self._sender.close()
         elif self._sender is not None:
             await self._sender.aclose()
-
-    async def activation(
-        self,
-        op: str,
-        x: TensorLike,
-        *,
-        grad: bool = False,
-        inputs: Mapping[str, TensorLike] | None = None,
-        timeout_s: float | None = None,
-        **params: ParamValue,
-    ) -> Outputs:
-        """Run an activation op on ``x``; see ``Client.activation``."""
-        return await self._run(op, _core.activation_inputs(x, inputs), params, None, grad, timeout_s)
-
-    async def loss(
-        self,
-        op: str,
-        input: TensorLike | None = None,
-        target: TensorLike | None = None,
-        *,
-        grad: bool = False,
-        inputs: Mapping[str, TensorLike] | None = None,
-        timeout_s: float | None = None,
-        **params: ParamValue,
-    ) -> Outputs:
-        """Run a loss op; see ``Client.loss``."""
-        return await self._run(op, _core.loss_inputs(input, target, inputs), params, None, grad, timeout_s)
-
-    async def init(
-        self, op: str, shape: Sequence[int], *, timeout_s: float | None = None, **params: ParamValue
-    ) -> Outputs:
-        """Run a weight-initialization op; see ``Client.init``."""
-        return await self._run(op, [], {**params, "shape": tuple(shape)}, None, False, timeout_s)
-
-    async def activation_stats(self, *, timeout_s: float | None = None, **params: ParamValue) -> Outputs:
-        """Run the lab's experiment; see ``Client.activation_stats``."""
-        return await self._run("activation_stats", [], params, None, False, timeout_s)
-
-    async def infer(
-        self,
-        op: str,
-        inputs: Mapping[str, TensorLike] | None = None,
-        params: Mapping[str, ParamValue] | None = None,
-        outputs: Sequence[str] | None = None,
-        *,
-        grad: bool = False,
-        timeout_s: float | None = None,
-    ) -> Outputs:
-        """Run any op with named tensors and params; see ``Client.infer``."""
-        return await self._run(op, _core.encode_inputs(inputs), params or {}, outputs, grad, timeout_s)
 
     async def _run(
         self,

@@ -39,7 +39,8 @@ import grpc
 import grpc.aio
 
 from gradserve_client import _core
-from gradserve_client._core import Deadline, ModelMetadata, Outputs, ParamValue, TensorLike
+from gradserve_client._core import Deadline, ModelMetadata, Outputs, ParamValue
+from gradserve_client._families import AsyncFamilies
 from gradserve_client._stream_wire import Calls, answer_error, as_call, stamp, status_lost
 from gradserve_client.errors import GradserveError, ServerError, TimedOutError, UnavailableError
 
@@ -74,7 +75,7 @@ class _Call:
                 yield item[1]
 
 
-class AsyncInferStream:
+class AsyncInferStream(AsyncFamilies):
     """Many concurrent calls over one gRPC ModelStreamInfer stream (async).
 
     Made by ``AsyncGrpcClient.stream()``; use ``async with``. ``infer``, ``activation``,
@@ -130,56 +131,6 @@ class AsyncInferStream:
         await call.reader
 
     # -- the calls --------------------------------------------------------------------
-
-    async def activation(
-        self,
-        op: str,
-        x: TensorLike,
-        *,
-        grad: bool = False,
-        inputs: Mapping[str, TensorLike] | None = None,
-        timeout_s: float | None = None,
-        **params: ParamValue,
-    ) -> Outputs:
-        """Run an activation op on ``x``; see ``Client.activation``."""
-        return await self.run(op, _core.activation_inputs(x, inputs), params, None, grad, timeout_s)
-
-    async def loss(
-        self,
-        op: str,
-        input: TensorLike | None = None,
-        target: TensorLike | None = None,
-        *,
-        grad: bool = False,
-        inputs: Mapping[str, TensorLike] | None = None,
-        timeout_s: float | None = None,
-        **params: ParamValue,
-    ) -> Outputs:
-        """Run a loss op; see ``Client.loss``."""
-        return await self.run(op, _core.loss_inputs(input, target, inputs), params, None, grad, timeout_s)
-
-    async def init(
-        self, op: str, shape: Sequence[int], *, timeout_s: float | None = None, **params: ParamValue
-    ) -> Outputs:
-        """Run a weight-initialization op; see ``Client.init``."""
-        return await self.run(op, [], {**params, "shape": tuple(shape)}, None, False, timeout_s)
-
-    async def activation_stats(self, *, timeout_s: float | None = None, **params: ParamValue) -> Outputs:
-        """Run the lab's experiment; see ``Client.activation_stats``."""
-        return await self.run("activation_stats", [], params, None, False, timeout_s)
-
-    async def infer(
-        self,
-        op: str,
-        inputs: Mapping[str, TensorLike] | None = None,
-        params: Mapping[str, ParamValue] | None = None,
-        outputs: Sequence[str] | None = None,
-        *,
-        grad: bool = False,
-        timeout_s: float | None = None,
-    ) -> Outputs:
-        """Run any op with named tensors and params; see ``Client.infer``."""
-        return await self.run(op, _core.encode_inputs(inputs), params or {}, outputs, grad, timeout_s)
 
     @overload
     async def infer_many(
@@ -279,6 +230,8 @@ class AsyncInferStream:
                 retries = self._client.retry.max_retries
                 log.info("stream retry %d/%d in %.3f s after %s", attempt, retries, delay, error)
             await asyncio.sleep(delay)
+
+    _run = run  # what AsyncFamilies' methods (``infer``, ``loss``...) call
 
     async def _attempt(self, built: Any, deadline: Deadline) -> Any:
         left = deadline.check()

@@ -30,6 +30,7 @@ import grpc.aio
 
 from gradserve_client import _core
 from gradserve_client._core import Deadline, ModelMetadata, Outputs, ParamValue, TensorLike
+from gradserve_client._families import SyncFamilies
 from gradserve_client._stream import DEFAULT_MAX_IN_FLIGHT, AsyncInferStream
 from gradserve_client._stream_wire import Calls
 from gradserve_client.errors import GradserveError, ServerError
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class InferStream:
+class InferStream(SyncFamilies):
     """Many concurrent calls over one gRPC ModelStreamInfer stream (sync).
 
     Made by ``GrpcClient.stream()``; use ``with``, or ``close()``. ``submit`` sends a
@@ -139,57 +140,17 @@ class InferStream:
         coro = self._stream.run(op, tensors, params, outputs, grad, timeout_s)
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def infer(
+    def _run(
         self,
         op: str,
-        inputs: Mapping[str, TensorLike] | None = None,
-        params: Mapping[str, ParamValue] | None = None,
-        outputs: Sequence[str] | None = None,
-        *,
-        grad: bool = False,
-        timeout_s: float | None = None,
+        tensors: list[_core.WireTensor],
+        params: Mapping[str, ParamValue],
+        outputs: Sequence[str] | None,
+        grad: bool,
+        timeout_s: float | None,
     ) -> Outputs:
-        """Run any op with named tensors and params; see ``Client.infer``."""
-        return self.submit(op, inputs, params, outputs, grad=grad, timeout_s=timeout_s).result()
-
-    def activation(
-        self,
-        op: str,
-        x: TensorLike,
-        *,
-        grad: bool = False,
-        inputs: Mapping[str, TensorLike] | None = None,
-        timeout_s: float | None = None,
-        **params: ParamValue,
-    ) -> Outputs:
-        """Run an activation op on ``x``; see ``Client.activation``."""
-        tensors = _core.activation_inputs(x, inputs)
-        return self._submit(op, tensors, params, None, grad, timeout_s).result()
-
-    def loss(
-        self,
-        op: str,
-        input: TensorLike | None = None,
-        target: TensorLike | None = None,
-        *,
-        grad: bool = False,
-        inputs: Mapping[str, TensorLike] | None = None,
-        timeout_s: float | None = None,
-        **params: ParamValue,
-    ) -> Outputs:
-        """Run a loss op; see ``Client.loss``."""
-        tensors = _core.loss_inputs(input, target, inputs)
-        return self._submit(op, tensors, params, None, grad, timeout_s).result()
-
-    def init(
-        self, op: str, shape: Sequence[int], *, timeout_s: float | None = None, **params: ParamValue
-    ) -> Outputs:
-        """Run a weight-initialization op; see ``Client.init``."""
-        return self._submit(op, [], {**params, "shape": tuple(shape)}, None, False, timeout_s).result()
-
-    def activation_stats(self, *, timeout_s: float | None = None, **params: ParamValue) -> Outputs:
-        """Run the lab's experiment; see ``Client.activation_stats``."""
-        return self._submit("activation_stats", [], params, None, False, timeout_s).result()
+        # SyncFamilies' methods (``infer``, ``loss``...) block for their answer.
+        return self._submit(op, tensors, params, outputs, grad, timeout_s).result()
 
     @overload
     def infer_many(
