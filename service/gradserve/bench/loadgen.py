@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import resource
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from multiprocessing import get_context
 from multiprocessing.pool import Pool
 from typing import Any
 
+from gradserve.bench.rawhttp import RawHttpConnection
 from gradserve.bench.results import Row, percentile
 from gradserve.bench.servers import proc_cpu_s
 from gradserve.bench.workloads import InputTensor
@@ -93,7 +93,7 @@ async def _load(spec: LoadSpec, concurrency: int, start_at: float, duration_s: f
             cpu.append(usage.ru_utime + usage.ru_stime)
 
     if spec.kind == "http":
-        conns = [await _HttpConnection.open(spec.target) for _ in range(concurrency)]
+        conns = [await RawHttpConnection.open_url(spec.target) for _ in range(concurrency)]
         request = _http_request_bytes(spec.target, spec.body, spec.headers)
         calls = [_http_call(c, request) for c in conns]
         try:
@@ -223,70 +223,8 @@ def _http_request_bytes(url: str, body: bytes, headers: dict[str, str]) -> bytes
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def _http_call(conn: _HttpConnection, request: bytes) -> Callable[[], Awaitable[bool]]:
+def _http_call(conn: RawHttpConnection, request: bytes) -> Callable[[], Awaitable[bool]]:
     async def call() -> bool:
-        return await conn.send(request) == 200
+        return (await conn.send(request)).status == 200
 
     return call
-
-
-class _HttpConnection(asyncio.Protocol):
-    """A minimal HTTP/1.1 keep-alive client connection: one request at a time, the
-    response framed by Content-Length. Far cheaper per request than aiohttp or httpx,
-    so that the load generator, which shares the CPUs with the server, takes less."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.need = -1
-        self.status = 0
-        self.waiter: asyncio.Future[int] | None = None
-
-    @classmethod
-    async def open(cls, url: str) -> _HttpConnection:
-        host, _, port = url.removeprefix("http://").partition("/")[0].partition(":")
-        loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(cls, host, int(port or 80))
-        return conn
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if self.need < 0:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(self.buf[:end]).lower()
-            self.status = int(head[9:12])
-            at = head.find(b"\r\ncontent-length:")
-            length = 0
-            if at >= 0:
-                stop = head.find(b"\r\n", at + 2)
-                length = int(head[at + 17 : stop if stop >= 0 else len(head)])
-            self.need = end + 4 + length
-        if len(self.buf) >= self.need:
-            del self.buf[: self.need]
-            self.need = -1
-            if self.waiter is not None and not self.waiter.done():
-                self.waiter.set_result(self.status)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("server closed the connection"))
-
-    async def send(self, request: bytes) -> int:
-        assert self.transport is not None
-        if self.transport.is_closing():
-            raise ConnectionError("connection closed")
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
-        return await self.waiter
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()

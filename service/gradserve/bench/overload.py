@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from gradserve.bench.rawhttp import RawHttpConnection
 from gradserve.bench.results import percentile
 from gradserve.bench.servers import HOST, ROOT, Server, free_port, proc_cpu_s
 from gradserve.bench.workloads import SMALL_OP, Work, native_small_body
@@ -132,12 +132,12 @@ async def _load(
     rng = random.Random()
 
     async def client() -> None:
-        conn: _Conn | None = None
+        conn: RawHttpConnection | None = None
         try:
             while (t0 := time.perf_counter()) < end:
                 try:
                     if conn is None or conn.closed:
-                        conn = await _Conn.open(host, int(port))
+                        conn = await RawHttpConnection.open(host, int(port))
                     t0 = time.perf_counter()
                     status, retry_after, close = await asyncio.wait_for(conn.send(request), ANSWER_TIMEOUT_S)
                 except (OSError, TimeoutError):
@@ -178,76 +178,6 @@ async def _load(
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.gather(*late, return_exceptions=True)
     return {"statuses": dict(statuses), "latencies": latencies, **counts}
-
-
-class _Conn(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 client connection, one request at a time; the answer is
-    framed by Content-Length and reduced to (status, Retry-After, Connection: close)."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.need = -1
-        self.head: tuple[int, float | None, bool] = (0, None, False)
-        self.waiter: asyncio.Future[tuple[int, float | None, bool]] | None = None
-        self.closed = False
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> _Conn:
-        _, conn = await asyncio.get_running_loop().create_connection(cls, host, port)
-        return conn
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if self.need < 0:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            lines = bytes(self.buf[:end]).lower().split(b"\r\n")
-            status = int(lines[0][9:12])
-            length = 0
-            retry_after: float | None = None
-            close = False
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"retry-after":
-                    with contextlib.suppress(ValueError):
-                        retry_after = float(value)
-                elif name == b"connection":
-                    close = b"close" in value
-            self.head = (status, retry_after, close)
-            self.need = end + 4 + length
-        if len(self.buf) >= self.need:
-            del self.buf[: self.need]
-            self.need = -1
-            if self.waiter is not None and not self.waiter.done():
-                self.waiter.set_result(self.head)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("server closed the connection"))
-
-    async def send(self, request: bytes) -> tuple[int, float | None, bool]:
-        assert self.transport is not None
-        if self.transport.is_closing():
-            raise ConnectionError("connection closed")
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
-        return await self.waiter
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
 
 
 def start_server(log_dir: Path, extra_args: Sequence[str] = ()) -> Server:
