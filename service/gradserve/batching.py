@@ -18,9 +18,10 @@ same for all of them.
   "idle device: go at once" sent batches of 1-2. Each then cost a kernel call, the
   worker thread took the GIL from the loop, calls were accepted slower still, and a
   run could stay in that state (c=64: 1.5 requests per batch and ~1,000 req/s, against
-  10-12 and ~1,900 when it did not). A gRPC head whose arrival followed the previous
-  one by less than ``max_queue_delay_us`` waits out the delay even on an idle device;
-  a lone caller (c=1: arrivals a round trip apart) still goes at once.
+  10-12 and ~1,900 when it did not). A gRPC head that arrived while other requests
+  were queued or running, less than ``max_queue_delay_us`` after the previous arrival,
+  waits out the delay even on an idle device; a sequential caller (c=1) finds the
+  batcher empty at each arrival and still goes at once.
 - ``max_batches_in_flight`` batches run at once; while they run, arrivals pile into
   buckets, which is where batches grow under load.
 - The queue is bounded: a full queue refuses at submit time (``Overloaded``). A request
@@ -197,8 +198,13 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         item = _Item(request, loop.create_future(), rows, elements)
         gap_s, self._last_arrival_s = item.enqueued_s - self._last_arrival_s, item.enqueued_s
+        # Company is coming when others are still queued or running as this one arrives
+        # and arrivals are close: a sequential caller, however fast its round trip,
+        # always finds the batcher empty and never waits (module doc).
         item.waits_for_company = (
-            request.transport == "grpc" and gap_s * 1e6 < self.settings.max_queue_delay_us
+            request.transport == "grpc"
+            and gap_s * 1e6 < self.settings.max_queue_delay_us
+            and (self._pending > 0 or bool(self._in_flight))
         )
         key, solo = self._key(request, elements)
         bucket = self._buckets.get(key)
