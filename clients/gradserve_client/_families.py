@@ -50,7 +50,7 @@ class SyncFamilies:
             grad: also return the gradients (``grad_x``, and ``grad_<input>`` of each extra input).
             inputs: extra tensors: ``grad_y`` (upstream gradient), prelu's ``alpha``,
                 maxout's ``weight`` and ``bias``.
-            timeout_s: this call's timeout (default: the client's).
+            timeout_s: this call's timeout (default: the client's; on a stream, the stream's).
             **params: the op's params, e.g. ``negative_slope=0.2``.
 
         Returns:
