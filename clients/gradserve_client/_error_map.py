@@ -95,9 +95,9 @@ def grpc_error(
     "Concurrent RPC limit exceeded!", sent before the call starts, is an overload
     too), and anything else is treated as too large.
 
-    CANCELLED that the client did not cause is retried (``UnavailableError``): grpcio
-    ends calls CANCELLED under a burst of thousands of concurrent calls and while a
-    server drains, and every op is a pure function, so a retry is safe. The client
+    CANCELLED that the client did not cause is retried (``UnavailableError``): a grpc-core
+    server with its default pending-call limits ends calls CANCELLED at random under a
+    burst of over 1,000 concurrent calls, and grpcio does so while a server drains, and every op is a pure function, so a retry is safe. The client
     caused it when it closed its own channel (``client_closed``), which is final, or
     when its deadline had passed (``deadline_passed``), which is a timeout. (A call
     the caller cancels through asyncio raises CancelledError, never reaching here.)

@@ -109,6 +109,7 @@ class GrpcServer:
         self.runtime = runtime
         settings = runtime.settings
         limit = settings.grpc_max_message_bytes
+        pending = max(settings.grpc_max_concurrent_rpcs, settings.grpc_max_concurrent_streams)
         self.server = grpc.aio.server(
             # The gate first: a call without a valid key is refused before anything
             # decodes its message; then the decode guard (order of the list).
@@ -122,6 +123,14 @@ class GrpcServer:
                 # Without this, grpcio binds with SO_REUSEPORT: a second server on a
                 # taken port would start and silently share it instead of failing.
                 ("grpc.so_reuseport", 0),
+                # Calls grpc-core has accepted but grpc.aio has not yet picked up
+                # (it asks for one call at a time, so a burst waits here). grpc-core's
+                # defaults (1,000 soft, 3,000 hard) drop calls at random past the soft
+                # limit, RST_STREAM CANCEL, before any handler sees them: a burst of
+                # 2,000 calls on one channel lost ~200 of them per run. Soft = hard =
+                # the server's own cap, so the queue drops nothing a caller may send.
+                ("grpc.server.max_pending_requests", pending),
+                ("grpc.server.max_pending_requests_hard_limit", pending),
             ],
             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or None,
         )
