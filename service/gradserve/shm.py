@@ -2,7 +2,7 @@
 and write answers into (Triton's system and CUDA shared-memory extensions).
 
 Flow position: transports (rest/shm.py, grpc/servicer.py) register, unregister and
-list regions here; the V2 codecs (codecs/v2.py, codecs/v2_grpc.py) turn a tensor's
+list regions here; the V2 codecs (codecs/v2_tensors.py, codecs/v2_grpc.py) turn a tensor's
 ``shared_memory_region`` / ``shared_memory_byte_size`` / ``shared_memory_offset``
 parameters into a ``ShmRef`` and ask this registry for the bytes: an input becomes a
 view of the region (no copy, as a V2 binary body is viewed), an output is written into

@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from gradserve.codecs import v2
+from gradserve.codecs import v2, v2_rest, v2_tensors
 from gradserve.codecs.native import decode_tensor
 from gradserve.codecs.v2_grpc import decode_grpc_request, parse_infer_request
 from gradserve.errors import GradservError
@@ -216,7 +216,7 @@ def test_native_decode_tensor(value: Any, kind: Any, max_elements: int) -> None:
 
 # ---------------------------------------------------------------- V2 REST JSON and binary
 
-V2_DATATYPES = list(v2.V2_ITEMSIZE)
+V2_DATATYPES = list(v2_tensors.V2_ITEMSIZE)
 v2_datatypes = st.one_of(
     st.sampled_from(V2_DATATYPES),
     st.sampled_from(["fp32", "FLOAT32", "", "STRING"]),
@@ -250,7 +250,7 @@ HEADER_LIES = [
 def v2_inputs(draw: st.DrawFn, binary: bool) -> tuple[dict[str, Any], bytes]:
     datatype = draw(v2_datatypes)
     shape = draw(shapes)
-    itemsize = v2.V2_ITEMSIZE.get(datatype, 4) if isinstance(datatype, str) else 4
+    itemsize = v2_tensors.V2_ITEMSIZE.get(datatype, 4) if isinstance(datatype, str) else 4
     itemsize = itemsize or 1
     try:
         count = min(max(math.prod(shape), 0), 64) if all(isinstance(d, int) for d in shape) else 2
@@ -340,7 +340,7 @@ def v2_documents(draw: st.DrawFn, binary: bool) -> tuple[dict[str, Any], bytes]:
 
 
 def _decode_then_engine_inputs(body: bytes, header: str | None, spec_index: int) -> Any:
-    req = v2.decode_rest_request(body, header, 16 * 2**20)
+    req = v2_rest.decode_rest_request(body, header, 16 * 2**20)
     return v2.engine_inputs(SPECS[spec_index % len(SPECS)], req)
 
 
@@ -398,7 +398,7 @@ def grpc_requests(draw: st.DrawFn) -> bytes:
             )
         )
         t.shape.extend(shape)
-        itemsize = v2.V2_ITEMSIZE.get(t.datatype) or 4
+        itemsize = v2_tensors.V2_ITEMSIZE.get(t.datatype) or 4
         try:
             count = min(max(math.prod(shape), 0), 64)
         except OverflowError:

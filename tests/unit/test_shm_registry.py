@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradserve.codecs import v2
+from gradserve.codecs import v2_tensors
 from gradserve.codecs.dtypes import BY_V2
 from gradserve.config import Settings
 from gradserve.errors import (
@@ -100,7 +100,7 @@ def test_input_is_a_view_of_the_region(shm_objects: ShmObjects) -> None:
     obj.write(4096 + 8, x.numpy().tobytes())
     # A region at an offset that is not page-aligned; the tensor 8 bytes into it.
     shm.register_system("r", obj.key, 4096, 64)
-    t = v2.shm_input(shm, ShmRef("r", 24, 8), "input 'x'", FP32, (2, 3), 6)
+    t = v2_tensors.shm_input(shm, ShmRef("r", 24, 8), "input 'x'", FP32, (2, 3), 6)
     assert t.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     obj.write(4096 + 8, torch.full((1,), 7.0).numpy().tobytes())
     assert t[0, 0].item() == 7.0  # no copy: the client's later write shows
@@ -132,7 +132,7 @@ def test_misaligned_input_is_copied_not_misread(shm_objects: ShmObjects) -> None
     obj = shm_objects(64)
     obj.write(1, torch.tensor([1.5, -2.0]).numpy().tobytes())
     shm.register_system("r", obj.key, 0, 64)
-    t = v2.shm_input(shm, ShmRef("r", 8, 1), "input 'x'", FP32, (2,), 2)
+    t = v2_tensors.shm_input(shm, ShmRef("r", 8, 1), "input 'x'", FP32, (2,), 2)
     assert t.tolist() == [1.5, -2.0]
 
 
@@ -158,10 +158,10 @@ def test_output_is_written_into_the_region(shm_objects: ShmObjects) -> None:
     shm.register_system("o", obj.key, 128, 64)
     slot = shm.output_slot("y", ShmRef("o", 32, 16))
     y = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
-    v2.write_shm_outputs([slot], {"y": y[:4]})
+    v2_tensors.write_shm_outputs([slot], {"y": y[:4]})
     assert obj.read(128 + 16, 16) == y[:4].numpy().tobytes()
     with pytest.raises(SharedMemoryError, match="has 32 bytes but shared_memory_byte_size gives it 16"):
-        v2.write_shm_outputs([shm.output_slot("y", ShmRef("o", 16, 16))], {"y": y})
+        v2_tensors.write_shm_outputs([shm.output_slot("y", ShmRef("o", 16, 16))], {"y": y})
     with pytest.raises(SharedMemoryError, match="past the end of region"):
         shm.output_slot("y", ShmRef("o", 64, 8))
 
@@ -173,7 +173,7 @@ def test_output_into_a_region_truncated_after_the_check_does_not_crash(shm_objec
     slot = shm.output_slot("y", ShmRef("o", 4096, 0))
     os.truncate(obj.path, 0)
     with pytest.raises(SharedMemoryError, match="truncated"):
-        v2.write_shm_outputs([slot], {"y": torch.zeros(1024)})
+        v2_tensors.write_shm_outputs([slot], {"y": torch.zeros(1024)})
 
 
 def test_unregister_under_a_live_view_keeps_the_memory(shm_objects: ShmObjects) -> None:
@@ -181,7 +181,7 @@ def test_unregister_under_a_live_view_keeps_the_memory(shm_objects: ShmObjects) 
     obj = shm_objects(64)
     obj.write(0, torch.tensor([3.0]).numpy().tobytes())
     shm.register_system("r", obj.key, 0, 64)
-    t = v2.shm_input(shm, ShmRef("r", 4, 0), "input 'x'", FP32, (1,), 1)
+    t = v2_tensors.shm_input(shm, ShmRef("r", 4, 0), "input 'x'", FP32, (1,), 1)
     shm.unregister_system("r")
     gc.collect()
     assert t.item() == 3.0  # the mapping outlives the registration while viewed

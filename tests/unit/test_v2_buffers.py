@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import torch
 
-from gradserve.codecs.v2 import decode_rest_request, encode_rest_response
+from gradserve.codecs.v2_rest import decode_rest_request, encode_rest_response
 from gradserve.rest.body import BODY_ALIGN
 
 

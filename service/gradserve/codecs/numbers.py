@@ -1,6 +1,6 @@
 """JSON numbers and shapes -> arrays, with every cost bounded: shared by both JSON codecs.
 
-Flow position: codecs/native.py and codecs/v2.py (JSON tensors, shapes) -> **numbers**
+Flow position: codecs/native.py and codecs/v2_rest.py (JSON tensors, shapes) -> **numbers**
 -> numpy arrays that the codecs turn into tensors. The same shape check also serves
 codecs/v2_grpc.py and the init ops' ``shape`` param (validation.py).
 

@@ -1,12 +1,13 @@
 """V2 gRPC codec: ``ModelInferRequest`` / ``ModelInferResponse`` <-> tensors.
 
 Flow position: grpc/servicer.py -> **codecs/v2_grpc** -> engine. Shares the REST codec's
-request type, checks and byte layout (codecs/v2.py): ``raw_*_contents`` are little-endian,
-row-major and unpadded like the HTTP binary extension. Answers always use
-``raw_output_contents``: tritonclient reads nothing else. A tensor whose parameters
-name a shared-memory region (shm.py) has no raw entry: the raw entries belong, in
-order, to the inputs that are not in shared memory, and an output written into a
-region answers an empty raw entry, so entries still pair with outputs by position.
+request type (codecs/v2_protocol.py), checks and byte layout (codecs/v2_tensors.py):
+``raw_*_contents`` are little-endian, row-major and unpadded like the HTTP binary
+extension. Answers always use ``raw_output_contents``: tritonclient reads nothing else.
+A tensor whose parameters name a shared-memory region (shm.py) has no raw entry: the
+raw entries belong, in order, to the inputs that are not in shared memory, and an
+output written into a region answers an empty raw entry, so entries still pair with
+outputs by position.
 
 ModelStreamInfer carries the same ModelInferRequest; its answers are framed here too
 (``serialize_stream_response``), around the same hand-framed raw contents.
@@ -22,15 +23,17 @@ import numpy as np
 import torch
 
 from gradserve.codecs.dtypes import of_tensor
-from gradserve.codecs.v2 import (
+from gradserve.codecs.v2_protocol import (
     MODEL_VERSION,
     RequestedOutput,
     V2Request,
-    check_shape,
     refuse_unsupported,
+    split_request_params,
+)
+from gradserve.codecs.v2_tensors import (
+    check_shape,
     shm_input,
     shm_output,
-    split_request_params,
     tensor_bytes,
     tensor_from_buffer,
     v2_dtype,

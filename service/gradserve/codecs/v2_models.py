@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gradserve import __version__
-from gradserve.codecs.v2 import EXTENSIONS, MODEL_VERSION, PLATFORM, SERVER_NAME
+from gradserve.codecs.v2_protocol import EXTENSIONS, MODEL_VERSION, PLATFORM, SERVER_NAME
 from gradserve.errors import OpNotFound
 from gradserve.ops.registry import OpSpec, OutputSpec, TensorSpec
 

@@ -1,7 +1,7 @@
 """inference.GRPCInferenceService: the thin gRPC layer over the engine.
 
-Flow position: grpc.aio server -> **servicer** -> codecs/v2 (decode raw contents) ->
-engine -> codecs/v2 (encode raw_output_contents). Errors take ONE path: a
+Flow position: grpc.aio server -> **servicer** -> codecs/v2_grpc (decode raw contents) ->
+engine -> codecs/v2_grpc (encode raw_output_contents). Errors take ONE path: a
 ``GradservError`` aborts with its ``grpc_code`` from errors.py (the same table that
 gives REST its statuses); anything unexpected aborts INTERNAL with a generic message
 and a request id that is logged with the traceback. Cancellation is not an error: the
@@ -37,7 +37,7 @@ import grpc
 from google.protobuf import json_format
 
 from gradserve import __version__
-from gradserve.codecs import v2, v2_grpc, v2_models
+from gradserve.codecs import v2, v2_grpc, v2_models, v2_tensors
 from gradserve.engine import Engine
 from gradserve.errors import GradservError, NotSupported
 from gradserve.grpc.generated import inference_pb2 as pb
@@ -190,10 +190,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         slots = req.shm_outputs
         if slots:
-            if v2.shm_bytes(slots, outputs) < _WRITE_OFF_LOOP_BYTES:
-                v2.write_shm_outputs(slots, outputs)
+            if v2_tensors.shm_bytes(slots, outputs) < _WRITE_OFF_LOOP_BYTES:
+                v2_tensors.write_shm_outputs(slots, outputs)
             else:
-                await asyncio.to_thread(v2.write_shm_outputs, slots, outputs)
+                await asyncio.to_thread(v2_tensors.write_shm_outputs, slots, outputs)
         return v2_grpc.encode_grpc_response(spec.name, req.id, outputs, {slot.name for slot in slots})
 
     # ------------------------------------------------------------ ModelStreamInfer

@@ -9,8 +9,9 @@ and of the gradients of its weights.
 
 It computes nothing of its own beyond matmuls and statistics: each weight is drawn by
 the init op's own kernel (ops/init.py) and each activation and its backward are the
-activation op's own kernel (ops/activations.py), called with the same ``Batch`` the
-executor would build, so the lab shows exactly what those ops serve.
+activation op's own kernel (ops/pointwise_activations.py, found through
+activations.SPECS), called with the same ``Batch`` the executor would build, so the lab
+shows exactly what those ops serve.
 
 Randomness: one ``numpy.random.SeedSequence(seed)`` gives depth + 1 independent 63-bit
 seeds: the first seeds a generator on the device for the input and the upstream

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from gradserve.errors import InvalidInput
-from gradserve.ops.losses import autograd_ready, multiclass_hinge
+from gradserve.ops.loss_elements import multiclass_hinge
 from gradserve.ops.numerics import upcast
+from gradserve.ops.reduction import autograd_ready
 from gradserve.ops.registry import Batch, OpSpec, Outputs, OutputSpec, Params, ParamSpec, TensorSpec
 
 Tensor = torch.Tensor

@@ -3,7 +3,7 @@ tritonclient.http and perf_analyzer work unchanged).
 
 Flow position: HTTP request -> **rest/shm** -> the runtime's region registry (shm.py),
 the same one gRPC's SystemSharedMemory* rpcs use; inference requests then name the
-regions in their tensor parameters (rest/v2.py, codecs/v2.py).
+regions in their tensor parameters (rest/v2.py, codecs/v2_tensors.py).
 
     GET  /v2/systemsharedmemory[/region/{name}]/status      -> [{name, key, offset, byte_size}]
     POST /v2/systemsharedmemory/region/{name}/register      {key, offset, byte_size}

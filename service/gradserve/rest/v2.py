@@ -1,13 +1,13 @@
 """V2 REST transport (Open Inference Protocol) under /v2, so tritonclient.http and
 perf_analyzer work unmodified.
 
-Flow position: HTTP request -> **rest/v2** -> codecs/v2 (decode) -> engine -> codecs/v2
-(encode). Each op is a model named after it, version "1"; every model route also
-answers under /versions/{v}. Bodies are parsed from raw bytes whatever the
-Content-Type (tritonclient sends none); errors render as ``{"error": msg}`` through
-rest/errors.py with the statuses of errors.py. Tensors may live in shared-memory
-regions of the runtime's registry (shm.py; routes in rest/shm.py): inputs are read as
-views of them, outputs written into them after the engine answers.
+Flow position: HTTP request -> **rest/v2** -> codecs/v2_rest (decode) -> codecs/v2
+(engine arguments) -> engine -> codecs/v2_rest (encode). Each op is a model named after
+it, version "1"; every model route also answers under /versions/{v}. Bodies are parsed
+from raw bytes whatever the Content-Type (tritonclient sends none); errors render as
+``{"error": msg}`` through rest/errors.py with the statuses of errors.py. Tensors may
+live in shared-memory regions of the runtime's registry (shm.py; routes in rest/shm.py):
+inputs are read as views of them, outputs written into them after the engine answers.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gradserve.codecs import v2, v2_models
+from gradserve.codecs import v2, v2_models, v2_protocol, v2_rest, v2_tensors
 from gradserve.codecs.numbers import check_json_answer
 from gradserve.engine import Engine
 from gradserve.errors import MalformedRequest, RequestTooLarge
@@ -126,11 +126,11 @@ def infer_handler(
         raw = await read_body(request, limit, align_offset=align)
         encoding = request.headers.get("content-encoding")
 
-        def decode() -> v2.V2Request:
+        def decode() -> v2_protocol.V2Request:
             body: bytes | memoryview = raw
             if encoding and encoding.strip().lower() != "identity":
                 body = _decompress(body, encoding, limit)
-            return v2.decode_rest_request(
+            return v2_rest.decode_rest_request(
                 body,
                 header,
                 settings.max_tensor_elements,
@@ -159,13 +159,15 @@ def infer_handler(
         )
         slots = req.shm_outputs
         if slots:
-            await off_loop(v2.shm_bytes(slots, outputs), lambda: v2.write_shm_outputs(slots, outputs))
+            await off_loop(
+                v2_tensors.shm_bytes(slots, outputs), lambda: v2_tensors.write_shm_outputs(slots, outputs)
+            )
         in_shm = {slot.name for slot in slots}
         flags = req.binary_flags(list(outputs))
         as_json = [t for name, t in outputs.items() if not flags.get(name, False) and name not in in_shm]
         elements = check_json_answer(as_json, settings.max_json_response_elements)
         parts, head_length = await off_loop(
-            elements * 8, lambda: v2.encode_rest_response(spec.name, req.id, outputs, flags, in_shm)
+            elements * 8, lambda: v2_rest.encode_rest_response(spec.name, req.id, outputs, flags, in_shm)
         )
         if head_length is None:
             return Response(parts[0], media_type=_JSON)
