@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from gradserve.codecs import v2, v2_rest, v2_tensors
 from gradserve.codecs.native import decode_tensor
-from gradserve.codecs.v2_grpc import decode_grpc_request, parse_infer_request
+from gradserve.codecs.v2_grpc import decode_wire, parse_infer_request
 from gradserve.errors import GradservError
 from gradserve.grpc.generated import inference_pb2 as pb
 from gradserve.ops import build_registry
@@ -452,7 +452,7 @@ def _parse_and_decode(data: bytes) -> Any:
         wire = parse_infer_request(data)
     except DecodeError:
         return None  # the guard turns this into INVALID_ARGUMENT (tested live)
-    req = decode_grpc_request(wire.message, 16 * 2**20, wire.raw)
+    req = decode_wire(wire, 16 * 2**20)
     spec = REGISTRY.get(wire.message.model_name) if wire.message.model_name in REGISTRY else SPECS[0]
     return v2.engine_inputs(spec, req)
 
@@ -479,6 +479,7 @@ def test_grpc_deserializer_agrees_with_protobuf(data: bytes) -> None:
     if wire.raw:
         del merged.raw_input_contents[:]
         merged.raw_input_contents.extend(bytes(r) for r in wire.raw)
+    merged.id = wire.id
     assert merged == reference
 
 

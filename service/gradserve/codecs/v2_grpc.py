@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from gradserve.codecs.dtypes import of_tensor
+from gradserve.codecs.v2_grpc_plans import HEADERS, plan_of
 from gradserve.codecs.v2_protocol import (
     MODEL_VERSION,
     RequestedOutput,
@@ -66,12 +67,15 @@ def decode_grpc_request(
     max_elements: int,
     raw_contents: Sequence[bytes | memoryview] | None = None,
     shm: SharedMemory | None = None,
+    request_id: str | None = None,
 ) -> V2Request:
     """ModelInferRequest (raw_input_contents, or typed contents) -> V2Request;
     ``raw_contents``: the raw contents when they were split off the message
     (``parse_infer_request``); ``shm``: the registry that tensors naming a
-    shared-memory region are read from (and outputs written to)."""
-    req = V2Request(tensors={}, params={}, outputs=None, id=msg.id or None)
+    shared-memory region are read from (and outputs written to); ``request_id``: the
+    id when it was split off too (else the message's)."""
+    rid = msg.id if request_id is None else request_id
+    req = V2Request(tensors={}, params={}, outputs=None, id=rid or None)
     split_request_params(req, _params(msg.parameters))
     raw: Sequence[bytes | memoryview] = raw_contents or msg.raw_input_contents
     input_params = [_params(item.parameters) for item in msg.inputs]
@@ -142,6 +146,24 @@ def decode_grpc_request(
     return req
 
 
+def decode_wire(wire: InferRequestWire, max_elements: int, shm: SharedMemory | None = None) -> V2Request:
+    """A received request -> V2Request: through its header's plan when one is cached
+    (codecs/v2_grpc_plans.py), else ``decode_grpc_request``, whose success on a
+    plannable request makes the plan for the next one."""
+    if wire.header is not None:
+        plan = HEADERS.plan(wire.header, max_elements)
+        if plan is not None:
+            req = plan.build(wire.raw, wire.id)
+            if req is not None:
+                return req
+    req = decode_grpc_request(wire.message, max_elements, wire.raw, shm, request_id=wire.id)
+    if wire.header is not None:
+        plan = plan_of(wire.message, len(wire.raw), req, max_elements)
+        if plan is not None:
+            HEADERS.learn(wire.header, plan)
+    return req
+
+
 _EMPTY = memoryview(b"")
 
 
@@ -171,6 +193,7 @@ def encode_grpc_response(
 # Protobuf lets fields come in any order and repeat, so the result is the same message.
 
 _RAW_INPUT_FIELD = pb.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
+_ID_FIELD = pb.ModelInferRequest.DESCRIPTOR.fields_by_name["id"].number
 _RAW_OUTPUT_TAG = bytes(
     [(pb.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number << 3) | 2]
 )
@@ -178,11 +201,15 @@ _RAW_OUTPUT_TAG = bytes(
 
 @dataclass
 class InferRequestWire:
-    """A ModelInferRequest as received: the message without its raw contents, and the
-    raw contents as views of the received bytes (no copies)."""
+    """A ModelInferRequest as received: the message without its raw contents and its
+    id, the raw contents as views of the received bytes (no copies), the id, and the
+    header bytes the message was parsed from (the plan cache's key; None when the
+    whole request went to protobuf, and then ``message`` has both)."""
 
     message: pb.ModelInferRequest
     raw: list[memoryview]
+    id: str = ""
+    header: bytes | None = None
 
 
 @dataclass
@@ -225,10 +252,15 @@ def parse_infer_request(data: bytes) -> InferRequestWire:
     framing (a truncated varint, a length past the end, a varint of 10 bytes saying
     2^70) reads past the buffer or allocates more than ``data`` holds: slices are views.
     The only exception this raises is protobuf's ``DecodeError``; grpc/guards.py turns
-    it into INVALID_ARGUMENT (grpcio would answer UNKNOWN)."""
+    it into INVALID_ARGUMENT (grpcio would answer UNKNOWN).
+
+    The ``id`` (which differs per request where the rest repeats: stream clients match
+    answers by it) is split off too, so the remaining header bytes key the parsed
+    message and its decode plan (codecs/v2_grpc_plans.py)."""
     view = memoryview(data)
     rest: list[memoryview] = []
     raw: list[memoryview] = []
+    id_field: memoryview | None = None
     pos = 0
     try:
         while pos < len(view):
@@ -249,6 +281,12 @@ def parse_infer_request(data: bytes) -> InferRequestWire:
                     raw.append(view[pos : pos + length])
                     pos += length
                     continue
+                if tag >> 3 == _ID_FIELD:
+                    if pos + length > len(view):
+                        raise ValueError("truncated field")
+                    id_field = view[start : pos + length]  # a repeated field: the last wins
+                    pos += length
+                    continue
                 pos += length
             else:
                 raise ValueError(f"wire type {wire_type}")
@@ -256,9 +294,12 @@ def parse_infer_request(data: bytes) -> InferRequestWire:
                 raise ValueError("truncated field")
             rest.append(view[start:pos])
     except ValueError:
-        return InferRequestWire(pb.ModelInferRequest.FromString(data), [])
-    message = pb.ModelInferRequest.FromString(b"".join(rest))
-    return InferRequestWire(message, raw)
+        whole = pb.ModelInferRequest.FromString(data)
+        return InferRequestWire(whole, [], whole.id)
+    # protobuf's own verdict on the id (UTF-8), from the field alone.
+    request_id = pb.ModelInferRequest.FromString(bytes(id_field)).id if id_field is not None else ""
+    header = b"".join(rest)
+    return InferRequestWire(HEADERS.message(header), raw, request_id, header)
 
 
 def _response_parts(response: InferResponseWire) -> list[bytes | memoryview]:

@@ -168,7 +168,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         ModelStreamInfer); raises the request's GradservError."""
         message = request.message
         spec = self._model(message.model_name, message.model_version)
-        req = v2_grpc.decode_grpc_request(message, self.settings.max_tensor_elements, request.raw, self.shm)
+        req = v2_grpc.decode_wire(request, self.settings.max_tensor_elements, self.shm)
         tensors, params = v2.engine_inputs(spec, req)
         # The queue deadline: ours, shortened by the `timeout` parameter or the
         # client's gRPC deadline (no point computing an answer nobody waits for).
@@ -257,7 +257,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             request_id = current_request_id() or uuid.uuid4().hex[:12]  # the call's x-request-id
             log.exception("gRPC stream request %s failed", request_id)
             error, code = f"internal error (request id {request_id})", "internal"
-        return v2_grpc.serialize_stream_error(error, message.model_name, message.id, code)
+        return v2_grpc.serialize_stream_error(error, message.model_name, request.id, code)
 
     # ------------------------------------------------------------ shared memory
 
