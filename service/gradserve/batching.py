@@ -370,9 +370,13 @@ class DynamicBatcher:
                 first.params,
                 frozenset(first.want),
                 # A kernel run inline blocks the loop, and grpc.aio hands new calls to
-                # the loop only while it waits: inline gRPC batches measured as batches
-                # of one (about 1,000 req/s against 1,700 via the worker thread).
-                allow_inline=all(i.request.transport != "grpc" for i in items),
+                # the loop only while it waits: inline unary gRPC batches measured as
+                # batches of one (about 1,000 req/s against 1,700 via the worker
+                # thread; with the arrival rule above, still 0.6-0.9x). Stream messages
+                # come on calls already open, and inline they skip the worker thread's
+                # GIL contention with grpc.aio: 1.30-1.47x at c=64, 1.4-2.5x at c=16
+                # (perf_analyzer --streaming, 3 A/B rounds; docs/benchmarks.md).
+                allow_inline=all(i.request.transport != "grpc" or i.request.stream for i in items),
             )
             if len(outputs) != len(items):
                 raise InternalError(

@@ -45,6 +45,9 @@ class OpRequest:
     # The call it belongs to (tracing.py): the batcher records its queue and compute
     # time there, and hangs its spans off it. None outside a transport (warm-up, tests).
     context: RequestContext | None = None
+    # One message of a gRPC stream (ModelStreamInfer): its batch may run inline on the
+    # loop, which a unary gRPC call's may not (batching.py).
+    stream: bool = False
 
 
 class Runner(Protocol):
@@ -104,6 +107,7 @@ class Engine:
         transport: str = "rest",
         lenient: bool = False,
         timeout_s: float | None = None,
+        stream: bool = False,
     ) -> OpRequest:
         """Look up and validate; raises the 4xx errors of API.md section 4.
 
@@ -129,7 +133,9 @@ class Engine:
         want = resolve_outputs(spec, checked, outputs, grad)
         now = time.monotonic()
         timeout = self.settings.request_timeout_s if timeout_s is None else timeout_s
-        return OpRequest(spec, checked, checked_params, want, transport, now, now + timeout, CURRENT.get())
+        return OpRequest(
+            spec, checked, checked_params, want, transport, now, now + timeout, CURRENT.get(), stream
+        )
 
     def _check_work(self, spec: OpSpec, params: Mapping[str, Any]) -> None:
         """413 for an op whose params ask for more compute than ``lab_max_work``: no

@@ -45,6 +45,7 @@ class Call:
     params: Mapping[str, Any]
     want: frozenset[str]
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    allow_inline: bool = True
 
 
 def echo(tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -73,7 +74,7 @@ class GatedRunner:
         *,
         allow_inline: bool = True,
     ) -> list[dict[str, torch.Tensor]]:
-        call = Call(spec.name, list(tensors), params, want)
+        call = Call(spec.name, list(tensors), params, want, allow_inline=allow_inline)
         self.calls.append(call)
         self._arrived.put_nowait(call)
         if self.gated:
@@ -249,6 +250,32 @@ async def test_a_sequential_grpc_caller_never_waits(make_batcher: Factory) -> No
         assert values(call) == [value]
         call.release.set()
         await gather([task])
+
+
+async def test_only_stream_messages_of_grpc_may_run_inline(make_batcher: Factory) -> None:
+    # Inline unary gRPC batches starve grpc.aio of new calls; stream messages come on
+    # open calls and run faster inline (batching.py, where allow_inline is set).
+    _batcher, runner, engine = await make_batcher()
+    cases = [("rest", False, True), ("grpc", False, False), ("grpc", True, True)]
+    for transport, stream, inline in cases:
+        request = engine.prepare("relu", {"x": x(3)}, {}, transport=transport, stream=stream)
+        task = asyncio.ensure_future(engine.submit(request))
+        call = await runner.next_call()
+        assert call.allow_inline is inline, (transport, stream)
+        call.release.set()
+        await gather([task])
+    # A batch mixing both kinds of gRPC request keeps the unary call's rule.
+    _batcher, runner, engine = await make_batcher(max_queue_delay_us=HUGE_DELAY_US, max_batch_rows=6)
+    tasks = [
+        asyncio.ensure_future(
+            engine.submit(engine.prepare("relu", {"x": x(3)}, {}, transport="grpc", stream=s))
+        )
+        for s in (True, False)
+    ]
+    call = await runner.next_call()
+    assert len(call.tensors) == 2 and call.allow_inline is False
+    call.release.set()
+    await gather(tasks)
 
 
 async def test_a_finished_batch_wakes_a_waiting_bucket(make_batcher: Factory) -> None:

@@ -162,7 +162,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._infer(request, context.time_remaining())
 
     async def _infer(
-        self, request: v2_grpc.InferRequestWire, remaining_s: float | None
+        self, request: v2_grpc.InferRequestWire, remaining_s: float | None, stream: bool = False
     ) -> v2_grpc.InferResponseWire:
         """One ModelInferRequest through the engine (ModelInfer, and each message of
         ModelStreamInfer); raises the request's GradservError."""
@@ -182,11 +182,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             tensors,
             params,
             outputs=req.output_names,
-            # Stream messages too: their batches go to the worker thread like every
-            # gRPC batch (measured: inline on the loop was no faster for streams).
             transport="grpc",
             lenient=True,
             timeout_s=min(limits),
+            # A stream message's small batch may run inline on the loop; a unary
+            # call's goes to the worker thread (batching.py says why, with figures).
+            stream=stream,
         )
         slots = req.shm_outputs
         if slots:
@@ -248,7 +249,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         ``error_message`` (the same messages unary calls abort with)."""
         message = request.message
         try:
-            return v2_grpc.serialize_stream_response(await self._infer(request, remaining_s))
+            return v2_grpc.serialize_stream_response(await self._infer(request, remaining_s, stream=True))
         except GradservError as exc:
             error, code = exc.message, exc.kind.code
         except asyncio.CancelledError:
