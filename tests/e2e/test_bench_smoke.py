@@ -5,6 +5,7 @@ No wall-clock assertions: the numbers are whatever this machine gives.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -75,3 +76,25 @@ def test_bench_sdk_rows(tmp_path):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == transport and cells[3] == "2", row
         assert float(cells[4].replace(",", "")) > 0 and "errors" not in cells[4], row
+
+
+@pytest.mark.timeout(60)
+def test_bare_grpc_client_reference(server):
+    # The reference for the SDK's gRPC rows (bench/sdk.py): grpcio's client sending the
+    # SDK's request bytes. Its answers are not decoded; a call that did not end OK
+    # raises and counts as an error.
+    cmd = [
+        sys.executable,
+        "-m",
+        "gradserve.bench.sdk",
+        "--client",
+        "grpc-bare",
+        "--target",
+        server.grpc_target,
+    ]
+    cmd += ["-c", "2", "--duration-s", "0.5", "--warmup-s", "0.2"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "service"), str(ROOT / "clients")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=55, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["client"] == "grpc-bare" and result["errors"] == 0 and result["req_s"] > 0, result

@@ -14,7 +14,10 @@ grad=True)`` with numpy inputs (8x10 float32, 8 int64 targets), in a closed loop
 - ``http-sync`` / ``grpc-sync``: one shared ``Client`` / ``GrpcClient`` called from
   ``concurrency`` threads;
 - ``http-async`` / ``grpc-async``: one ``AsyncClient`` / ``AsyncGrpcClient`` with
-  ``concurrency`` tasks on one event loop (asyncio's default loop unless ``--uvloop``).
+  ``concurrency`` tasks on one event loop (asyncio's default loop unless ``--uvloop``);
+- ``grpc-bare`` (by hand only, the reference for the two above): grpcio's own
+  ``grpc.aio`` channel sending the request bytes ``AsyncGrpcClient`` builds, built
+  once, and not reading the answers: what a Python gRPC client can reach here at all.
 
 Every call runs until the warm-up plus the measured window ends; only calls that start
 inside the window are counted. The process's own CPU (getrusage over the window) is the
@@ -39,7 +42,7 @@ from gradserve.bench.results import Row, percentile
 from gradserve.bench.servers import ROOT, proc_cpu_s
 from gradserve.bench.workloads import SMALL_OP, SMALL_SHAPE
 
-CLIENTS = ("http-sync", "http-async", "grpc-sync", "grpc-async")
+CLIENTS = ("http-sync", "http-async", "grpc-sync", "grpc-async", "grpc-bare")
 # bench transport -> the two clients (sync in threads, async in tasks) of its rows
 TRANSPORT_CLIENTS = {"sdk-http": ("http-sync", "http-async"), "sdk-grpc": ("grpc-sync", "grpc-async")}
 
@@ -131,15 +134,38 @@ async def run_async(
     kind: str, target: str, concurrency: int, warmup_s: float, duration_s: float
 ) -> dict[str, Any]:
     """One async client, ``concurrency`` tasks on this loop calling it in closed loops."""
-    from gradserve_client import AsyncClient, AsyncGrpcClient
+    import grpc
+
+    from gradserve_client import AsyncClient, AsyncGrpcClient, _grpc_wire
 
     x, t = _arrays()
     client: AsyncClient | AsyncGrpcClient = (
         AsyncClient(target) if kind == "http-async" else AsyncGrpcClient(target)
     )
     async with client:
+        built: list[Any] = []
+        if isinstance(client, AsyncGrpcClient):
+            build = client._build  # the bare client sends the SDK's exact request bytes
+
+            def keep(*args: Any) -> Any:
+                built.append(build(*args))
+                return built[-1]
+
+            client._build = keep
         await client.loss(SMALL_OP, x, t, grad=True)
         window = _Window(warmup_s, duration_s)
+        if kind == "grpc-bare":
+            channel = grpc.aio.insecure_channel(target)
+            bare = channel.unary_unary(_grpc_wire.MODEL_INFER)
+            request = built[-1]
+
+            async def call() -> Any:
+                return await bare(request, timeout=60)
+
+        else:
+
+            async def call() -> Any:
+                return await client.loss(SMALL_OP, x, t, grad=True)
 
         async def loop() -> None:
             while True:
@@ -147,7 +173,7 @@ async def run_async(
                 if t0 >= window.end:
                     return
                 try:
-                    await client.loss(SMALL_OP, x, t, grad=True)
+                    await call()
                 except Exception as exc:
                     window.error(exc)
                 window.record(t0, time.perf_counter())
@@ -158,6 +184,8 @@ async def run_async(
                 window.mark()
 
         await asyncio.gather(marks(), *(loop() for _ in range(concurrency)))
+        if kind == "grpc-bare":
+            await channel.close()
     return window.result(duration_s)
 
 
