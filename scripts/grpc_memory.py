@@ -4,7 +4,7 @@ whether a setting returns it. A measurement script, not a CI test
 (tests/integration/test_memory_after_load.py is the CI check; docs/memory.md has the
 figures).
 
-Starts `python -m gradserve serve` on free 127.0.0.1 ports (scripts/soak.py's way),
+Starts `python -m gradserve serve` on free 127.0.0.1 ports (scripts/soaklib/server.py's way),
 lets it idle, then drives a 16 MiB ``relu`` load ([2048, 2048] float32 in, ``y`` out)
 from a separate client process for ``--duration-s`` seconds at ``--concurrency``:
 

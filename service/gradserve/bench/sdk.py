@@ -138,26 +138,31 @@ async def run_async(
 
     from gradserve_client import AsyncClient, AsyncGrpcClient, _grpc_wire
 
+    class KeepingClient(AsyncGrpcClient):
+        """The SDK's client, keeping the last request bytes it built (for grpc-bare)."""
+
+        built: Any = None
+
+        def _build(self, *args: Any) -> Any:
+            self.built = super()._build(*args)
+            return self.built
+
     x, t = _arrays()
     client: AsyncClient | AsyncGrpcClient = (
-        AsyncClient(target) if kind == "http-async" else AsyncGrpcClient(target)
+        AsyncClient(target)
+        if kind == "http-async"
+        else KeepingClient(target)
+        if kind == "grpc-bare"
+        else AsyncGrpcClient(target)
     )
     async with client:
-        built: list[Any] = []
-        if isinstance(client, AsyncGrpcClient):
-            build = client._build  # the bare client sends the SDK's exact request bytes
-
-            def keep(*args: Any) -> Any:
-                built.append(build(*args))
-                return built[-1]
-
-            client._build = keep
         await client.loss(SMALL_OP, x, t, grad=True)
         window = _Window(warmup_s, duration_s)
         if kind == "grpc-bare":
             channel = grpc.aio.insecure_channel(target)
             bare = channel.unary_unary(_grpc_wire.MODEL_INFER)
-            request = built[-1]
+            assert isinstance(client, KeepingClient)
+            request = client.built
 
             async def call() -> Any:
                 return await bare(request, timeout=60)
