@@ -134,8 +134,11 @@ class SystemRegion:
     """One registered region: ``byte_size`` bytes at ``offset`` in a POSIX shared
     memory object, kept open and mapped while registered or in use."""
 
-    def __init__(self, name: str, key: str, offset: int, byte_size: int) -> None:
+    def __init__(
+        self, name: str, key: str, offset: int, byte_size: int, write_through_mapping: bool = False
+    ) -> None:
         self.name, self.key, self.offset, self.byte_size = name, key, offset, byte_size
+        self.write_through_mapping = write_through_mapping
         path = _object_path(key)
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -208,7 +211,13 @@ class SystemRegion:
 
     def write(self, ref: ShmRef, data: memoryview) -> None:
         """``data`` into the object at the tensor's place. pwrite, not the mapping: a
-        file truncated since the last check is then extended, not a SIGBUS."""
+        file truncated since the last check is then extended, not a SIGBUS; unless the
+        server was told to trust its clients (``shared_memory_write_through_mapping``),
+        then a plain copy through the mapping, about 3x faster."""
+        if self.write_through_mapping:
+            start = self._skip + ref.offset
+            self._view[start : start + data.nbytes] = data.cast("B") if data.format != "B" else data
+            return
         position = self.offset + ref.offset
         while data.nbytes:
             written = os.pwrite(self.fd, data, position)
@@ -234,6 +243,7 @@ class SharedMemory:
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.shared_memory_enabled
         self.max_regions = settings.shared_memory_max_regions
+        self.write_through_mapping = settings.shared_memory_write_through_mapping
         self._regions: dict[str, SystemRegion] = {}
 
     @property
@@ -265,7 +275,7 @@ class SharedMemory:
             )
         if byte_size <= 0:
             raise SharedMemoryError(f"region {name!r}: byte_size must be positive", code="out_of_bounds")
-        self._regions[name] = SystemRegion(name, key, offset, byte_size)
+        self._regions[name] = SystemRegion(name, key, offset, byte_size, self.write_through_mapping)
 
     def unregister_system(self, name: str) -> None:
         """Drop one region, or every one for ``name == ""``; an unknown name is not an

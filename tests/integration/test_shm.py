@@ -392,6 +392,27 @@ async def test_one_registry_for_both_transports(
 # ---------------------------------------------------------------- turned off
 
 
+def test_outputs_written_through_the_mapping(
+    server_factory: Callable[..., ServerProcess], shm_objects: ShmObjects
+) -> None:
+    # The trusted-clients setting: the same answer, copied through the server's mapping.
+    proc = server_factory("--shared-memory-write-through-mapping", "true")
+    obj = shm_objects(4096)
+    obj.write(256, X.tobytes())
+    with httpx.Client(base_url=proc.url, timeout=30) as client:
+        region = register(client, obj)
+        doc = {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [2, 4], "parameters": shm_params(region, 32, 256)}
+            ],
+            "outputs": [{"name": "y", "parameters": shm_params(region, 32, 1024)}],
+        }
+        r = rest_infer(client, "relu", doc)
+        assert r.status_code == 200, r.text
+    y = np.frombuffer(obj.read(1024, X.nbytes), np.float32).reshape(X.shape)
+    np.testing.assert_array_equal(y, np.maximum(X, 0))
+
+
 def test_shared_memory_turned_off(
     server_factory: Callable[..., ServerProcess], shm_objects: ShmObjects
 ) -> None:

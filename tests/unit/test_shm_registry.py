@@ -166,6 +166,35 @@ def test_output_is_written_into_the_region(shm_objects: ShmObjects) -> None:
         shm.output_slot("y", ShmRef("o", 64, 8))
 
 
+@pytest.mark.parametrize("through_mapping", [False, True])
+def test_both_write_paths_write_the_same_bytes(shm_objects: ShmObjects, through_mapping: bool) -> None:
+    # os.pwrite (the default) and a copy through the mapping (the trusted-clients
+    # setting): the same bytes at the same place, nothing around them touched.
+    shm = registry(shared_memory_write_through_mapping=through_mapping)
+    obj = shm_objects(8192)
+    obj.write(0, b"\xab" * 8192)
+    shm.register_system("o", obj.key, 4096 + 100, 2048)  # a region off a page boundary
+    y = torch.arange(256, dtype=torch.float32)
+    v2_tensors.write_shm_outputs([shm.output_slot("y", ShmRef("o", 1024, 12))], {"y": y})
+    assert obj.read(4096 + 112, 1024) == y.numpy().tobytes()
+    assert obj.read(4096 + 100, 12) == b"\xab" * 12
+    assert obj.read(4096 + 112 + 1024, 8192 - (4096 + 112 + 1024)) == b"\xab" * (8192 - 4096 - 112 - 1024)
+    v2_tensors.write_shm_outputs([shm.output_slot("z", ShmRef("o", 0, 2048))], {"z": y[:0]})  # zero bytes
+    assert obj.read(4096 + 100, 12) == b"\xab" * 12
+
+
+def test_output_through_the_mapping_still_refuses_a_truncated_region(shm_objects: ShmObjects) -> None:
+    # The fstat check before the copy still answers 400 for a region truncated
+    # before its answer is written (the race left is a truncation during the copy).
+    shm = registry(shared_memory_write_through_mapping=True)
+    obj = shm_objects(4096)
+    shm.register_system("o", obj.key, 0, 4096)
+    slot = shm.output_slot("y", ShmRef("o", 4096, 0))
+    os.truncate(obj.path, 0)
+    with pytest.raises(SharedMemoryError, match="truncated"):
+        v2_tensors.write_shm_outputs([slot], {"y": torch.zeros(1024)})
+
+
 def test_output_into_a_region_truncated_after_the_check_does_not_crash(shm_objects: ShmObjects) -> None:
     shm = registry()
     obj = shm_objects(4096)
