@@ -101,6 +101,28 @@ async def test_an_undecodable_message_ends_the_stream_invalid_argument(server: S
     assert dict(info.value.trailing_metadata() or ()).get("gradserve-error-code") == "malformed_request"
 
 
+@pytest.mark.parametrize("ahead", [1, 4])
+async def test_an_undecodable_message_behind_answers_being_written_still_ends_the_stream(
+    server: ServerProcess, ahead: int
+) -> None:
+    # Answers to the messages ahead are being written when the bad one is read: the
+    # call's INVALID_ARGUMENT status must still arrive (grpc-core takes one send at a
+    # time, so an abort started under a write was lost and the client waited for ever;
+    # the deadline turns such a hang into a failure here).
+    async with grpc.aio.insecure_channel(server.grpc_target, options=OPTIONS) as channel:
+        call = channel.stream_stream(STREAM)
+        messages = [relu_request(f"ok{i}", [float(i)]).SerializeToString() for i in range(ahead)]
+        for _ in range(50):  # a race: it hung about one stream in 5-60 before the fix
+            stream = call(iter([*messages, b"\xff\xff\xff"]), timeout=20)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in stream:
+                    pass
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
+            assert (
+                dict(info.value.trailing_metadata() or ()).get("gradserve-error-code") == "malformed_request"
+            )
+
+
 async def test_an_empty_stream_ends_cleanly(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     assert [a async for a in stub.ModelStreamInfer(iter([]))] == []
 

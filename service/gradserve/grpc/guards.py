@@ -72,11 +72,23 @@ async def abort_undecodable(context: Context, value: Undecodable) -> NoReturn:
     raise AssertionError("unreachable")  # pragma: no cover - abort always raises
 
 
-async def _checked(requests: AsyncIterable[Any], context: Context) -> AsyncIterator[Any]:
-    """A request stream that aborts the call at its first undecodable message."""
+class _UndecodableInStream(Exception):
+    """Raised by a guarded request stream at its first undecodable message; the
+    behaviour's wrapper aborts the call once the handler has ended. Not aborted on the
+    spot: the handler may be writing an answer at that moment (ModelStreamInfer answers
+    while it reads), grpc-core takes one send at a time on a call, and an abort's status
+    started under a write was lost, leaving the client waiting for ever."""
+
+    def __init__(self, value: Undecodable) -> None:
+        super().__init__(value.reason)
+        self.value = value
+
+
+async def _checked(requests: AsyncIterable[Any]) -> AsyncIterator[Any]:
+    """A request stream that ends the handler at its first undecodable message."""
     async for request in requests:
         if isinstance(request, Undecodable):
-            await abort_undecodable(context, request)
+            raise _UndecodableInStream(request)
         yield request
 
 
@@ -93,11 +105,14 @@ def _guard_behavior(behavior: Callable[..., Any], streaming_request: bool) -> Ca
 
         async def stream_out(request: Any, context: Context) -> AsyncIterator[Any]:
             if streaming_request:
-                request = _checked(request, context)
+                request = _checked(request)
             elif isinstance(request, Undecodable):
                 await abort_undecodable(context, request)
-            async for response in behavior(request, context):
-                yield response
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except _UndecodableInStream as exc:
+                await abort_undecodable(context, exc.value)
 
         return stream_out
 
@@ -105,10 +120,13 @@ def _guard_behavior(behavior: Callable[..., Any], streaming_request: bool) -> Ca
 
     async def unary_out(request: Any, context: Context) -> Any:
         if streaming_request:
-            request = _checked(request, context)
+            request = _checked(request)
         elif isinstance(request, Undecodable):
             await abort_undecodable(context, request)
-        return await coroutine(request, context)
+        try:
+            return await coroutine(request, context)
+        except _UndecodableInStream as exc:
+            await abort_undecodable(context, exc.value)
 
     return unary_out
 

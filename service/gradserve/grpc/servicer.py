@@ -240,9 +240,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             while running:
                 await asyncio.gather(*running)
         finally:
-            # Cancelled (client gone, deadline) or failed: queued requests are dropped.
-            for task in running:
-                task.cancel()
+            # Cancelled (client gone, deadline) or failed (an undecodable message):
+            # queued and computing requests are dropped, but an answer being written is
+            # let finish first. grpc-core takes one send at a time on a call, and the
+            # status that ends it is a send too: an abort started under a write was
+            # lost, and the client waited for ever (tests/integration/test_stream.py).
+            async with write_lock:
+                for task in running:
+                    task.cancel()
 
     async def _stream_answer(self, request: v2_grpc.InferRequestWire, remaining_s: float | None) -> bytes:
         """One stream message -> its answer's bytes; every failure becomes that answer's
