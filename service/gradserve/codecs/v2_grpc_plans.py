@@ -132,7 +132,7 @@ class HeaderCache:
         if entry is not None:
             return entry.message
         message = pb.ModelInferRequest.FromString(header)
-        if len(header) <= self.max_header_bytes:
+        if len(header) <= self.max_header_bytes and self.capacity > 0:
             if len(self._entries) >= self.capacity:
                 del self._entries[next(iter(self._entries))]  # oldest first
             self._entries[header] = _Entry(message)
