@@ -75,8 +75,12 @@ def test_the_lab_page_asks_for_the_key_and_sends_it(
             # A wrong key: refused the same way.
             page.fill("#api-key", "not-the-key-0123456789")
             page.click("#use-key")
+            # The status leaves "error" when the attempt starts, so this waits for the
+            # wrong key's own answer, not the first attempt's.
             page.wait_for_function(
-                "() => document.getElementById('status').textContent === 'error'", timeout=TIMEOUT_MS
+                "() => document.getElementById('status').textContent === 'error'"
+                " && !document.getElementById('error').hidden",
+                timeout=TIMEOUT_MS,
             )
             assert page.text_content("#error").startswith("401:")
 

@@ -267,6 +267,9 @@ function wire() {
 // The catalog (the choices), then the first preset. Again after a key is given, if
 // the server refused the first try.
 async function start() {
+  // A fresh status first: a key given after a refusal must not leave the last
+  // attempt's "error" showing while this one is in flight.
+  setStatus("loading…");
   const response = await api("/v1/ops");
   if (!response.ok) {
     showError([await apiError(response)]);
