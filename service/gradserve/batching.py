@@ -63,7 +63,8 @@ class _Item:
     bucket: _Bucket | None = None
     state: str = QUEUED
     enqueued_s: float = field(default_factory=time.monotonic)
-    # A gRPC request that arrived within the queue delay of the one before it (module doc).
+    # A request that trickles in (gRPC) within the queue delay of the one before it
+    # (module doc).
     waits_for_company: bool = False
 
 
@@ -202,7 +203,7 @@ class DynamicBatcher:
         # and arrivals are close: a sequential caller, however fast its round trip,
         # always finds the batcher empty and never waits (module doc).
         item.waits_for_company = (
-            request.transport == "grpc"
+            request.arrival.trickles_in
             and gap_s * 1e6 < self.settings.max_queue_delay_us
             and (self._pending > 0 or bool(self._in_flight))
         )
@@ -376,7 +377,7 @@ class DynamicBatcher:
                 # come on calls already open, and inline they skip the worker thread's
                 # GIL contention with grpc.aio: 1.30-1.47x at c=64, 1.4-2.5x at c=16
                 # (perf_analyzer --streaming, 3 A/B rounds; docs/benchmarks.md).
-                allow_inline=all(i.request.transport != "grpc" or i.request.stream for i in items),
+                allow_inline=all(i.request.arrival.may_run_inline for i in items),
             )
             if len(outputs) != len(items):
                 raise InternalError(

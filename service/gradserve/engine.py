@@ -30,6 +30,25 @@ from gradserve.validation import Limits, resolve_outputs, validate_params, valid
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """How a transport's requests reach the batcher. The batcher's rules read this,
+    never a transport's name (batching.py's module doc has the figures behind both)."""
+
+    # Under load, calls are handed to the loop one per trip (grpc.aio's completion
+    # queue): a request that follows closely behind others waits for company even on
+    # an idle device.
+    trickles_in: bool = False
+    # A small batch may run inline on the loop thread. Unary gRPC's may not: inline
+    # kernels starve grpc.aio of new calls.
+    may_run_inline: bool = True
+
+
+AT_ONCE = Arrival()  # HTTP (native, V2, lab plots), warm-up and tests
+GRPC_UNARY = Arrival(trickles_in=True, may_run_inline=False)
+GRPC_STREAM = Arrival(trickles_in=True, may_run_inline=True)  # messages on an open call
+
+
 @dataclass
 class OpRequest:
     """One validated request, as the scheduler and executor see it."""
@@ -45,9 +64,7 @@ class OpRequest:
     # The call it belongs to (tracing.py): the batcher records its queue and compute
     # time there, and hangs its spans off it. None outside a transport (warm-up, tests).
     context: RequestContext | None = None
-    # One message of a gRPC stream (ModelStreamInfer): its batch may run inline on the
-    # loop, which a unary gRPC call's may not (batching.py).
-    stream: bool = False
+    arrival: Arrival = AT_ONCE
 
 
 class Runner(Protocol):
@@ -107,7 +124,7 @@ class Engine:
         transport: str = "rest",
         lenient: bool = False,
         timeout_s: float | None = None,
-        stream: bool = False,
+        arrival: Arrival = AT_ONCE,
     ) -> OpRequest:
         """Look up and validate; raises the 4xx errors of API.md section 4.
 
@@ -134,7 +151,7 @@ class Engine:
         now = time.monotonic()
         timeout = self.settings.request_timeout_s if timeout_s is None else timeout_s
         return OpRequest(
-            spec, checked, checked_params, want, transport, now, now + timeout, CURRENT.get(), stream
+            spec, checked, checked_params, want, transport, now, now + timeout, CURRENT.get(), arrival
         )
 
     def _check_work(self, spec: OpSpec, params: Mapping[str, Any]) -> None:

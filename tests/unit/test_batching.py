@@ -17,7 +17,7 @@ import torch
 
 from gradserve.batching import DynamicBatcher
 from gradserve.config import Settings
-from gradserve.engine import Engine, OpRequest
+from gradserve.engine import AT_ONCE, GRPC_STREAM, GRPC_UNARY, Engine, OpRequest
 from gradserve.errors import (
     DeadlineExceeded,
     GradservError,
@@ -215,7 +215,7 @@ async def test_idle_device_takes_a_lone_request_at_once(make_batcher: Factory) -
 
 
 def submit_grpc(engine: Engine, value: float) -> asyncio.Task[Any]:
-    request = engine.prepare("relu", {"x": x(3, value=value)}, {}, transport="grpc")
+    request = engine.prepare("relu", {"x": x(3, value=value)}, {}, transport="grpc", arrival=GRPC_UNARY)
     return asyncio.ensure_future(engine.submit(request))
 
 
@@ -256,21 +256,20 @@ async def test_only_stream_messages_of_grpc_may_run_inline(make_batcher: Factory
     # Inline unary gRPC batches starve grpc.aio of new calls; stream messages come on
     # open calls and run faster inline (batching.py, where allow_inline is set).
     _batcher, runner, engine = await make_batcher()
-    cases = [("rest", False, True), ("grpc", False, False), ("grpc", True, True)]
-    for transport, stream, inline in cases:
-        request = engine.prepare("relu", {"x": x(3)}, {}, transport=transport, stream=stream)
+    for arrival, inline in [(AT_ONCE, True), (GRPC_UNARY, False), (GRPC_STREAM, True)]:
+        request = engine.prepare("relu", {"x": x(3)}, {}, arrival=arrival)
         task = asyncio.ensure_future(engine.submit(request))
         call = await runner.next_call()
-        assert call.allow_inline is inline, (transport, stream)
+        assert call.allow_inline is inline, arrival
         call.release.set()
         await gather([task])
     # A batch mixing both kinds of gRPC request keeps the unary call's rule.
     _batcher, runner, engine = await make_batcher(max_queue_delay_us=HUGE_DELAY_US, max_batch_rows=6)
     tasks = [
         asyncio.ensure_future(
-            engine.submit(engine.prepare("relu", {"x": x(3)}, {}, transport="grpc", stream=s))
+            engine.submit(engine.prepare("relu", {"x": x(3)}, {}, transport="grpc", arrival=arrival))
         )
-        for s in (True, False)
+        for arrival in (GRPC_STREAM, GRPC_UNARY)
     ]
     call = await runner.next_call()
     assert len(call.tensors) == 2 and call.allow_inline is False

@@ -38,7 +38,7 @@ from google.protobuf import json_format
 
 from gradserve import __version__
 from gradserve.codecs import v2, v2_grpc, v2_models, v2_tensors
-from gradserve.engine import Engine
+from gradserve.engine import GRPC_STREAM, GRPC_UNARY, Engine
 from gradserve.errors import GradservError, NotSupported
 from gradserve.grpc.generated import inference_pb2 as pb
 from gradserve.grpc.generated import inference_pb2_grpc as pb_grpc
@@ -185,9 +185,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             transport="grpc",
             lenient=True,
             timeout_s=min(limits),
-            # A stream message's small batch may run inline on the loop; a unary
-            # call's goes to the worker thread (batching.py says why, with figures).
-            stream=stream,
+            arrival=GRPC_STREAM if stream else GRPC_UNARY,
         )
         slots = req.shm_outputs
         if slots:
