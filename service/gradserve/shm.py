@@ -18,7 +18,8 @@ Safety, in the order a request meets it:
 - **Bounds**: a region (offset + byte_size) must lie within its object when it is
   registered, and a tensor (its offset + byte_size) within its region on every
   request; sizes are checked against the tensor's shape and datatype before a byte is
-  touched. A lying offset or size is a 400, never an access outside the region.
+  touched. A size that disagrees with the shape is a 422; an offset or size past the
+  region is a 400; neither ever reaches outside the region.
 - **A region that disappears**: the file descriptor stays open for the region's life,
   and ``os.fstat`` is checked before each use: an object that was unlinked (no links
   left) or truncated below the region is a 400 saying so. Touching a mapped page past
@@ -50,6 +51,7 @@ import torch
 
 from gradserve.config import Settings
 from gradserve.errors import (
+    InvalidInput,
     MalformedRequest,
     NotSupported,
     RegionExists,
@@ -336,10 +338,12 @@ class SharedMemory:
         self._check_enabled()
         region = self._find(ref.region, where)
         if ref.byte_size != expected:
-            raise MalformedRequest(
+            # The data's size disagrees with its shape: 422, as binary_data_size's does;
+            # a reference outside the region is a 400 (check_bounds).
+            raise InvalidInput(
                 f"{where}: shared_memory_byte_size is {ref.byte_size} but its shape and datatype need "
                 f"{expected} bytes",
-                code="size_mismatch",
+                code="shape_mismatch",
             )
         region.check_bounds(ref, where)
         region.check_alive(where)

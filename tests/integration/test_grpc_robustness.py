@@ -224,7 +224,8 @@ async def test_raw_contents_whose_size_disagrees_with_the_shape(
     req.inputs.add(name="x", datatype="FP32", shape=[2, 3])  # needs 24 bytes
     req.raw_input_contents.append(b"\x01" * nbytes)
     code, details, error_code = await _status(channel, req.SerializeToString())
-    assert (code, error_code) == (grpc.StatusCode.INVALID_ARGUMENT, "malformed_request")
+    # The data disagrees with its own shape: invalid_input, as over REST (422).
+    assert (code, error_code) == (grpc.StatusCode.INVALID_ARGUMENT, "invalid_input")
     assert "needs 24" in details
 
 
@@ -263,8 +264,6 @@ RAW_TAG = b"\x3a"  # field 7 (raw_input_contents), wire type 2
         RAW_TAG + b"\xff" * 9 + b"\x7f",  # a 10-byte length varint (2^70 - 1)
         RAW_TAG + b"\xff" * 11,  # a length varint that never ends
         RAW_TAG,  # a tag and nothing else
-        b"\x38\x18",  # field 7 as a varint: the wrong wire type
-        b"\x39" + b"\x00" * 8,  # field 7 as fixed64
         b"\x3f",  # wire type 7 does not exist
         b"\x0a" + _encode_varint(1 << 40) + b"relu",  # model_name's length past the end
     ],
@@ -274,6 +273,29 @@ async def test_broken_framing_is_invalid_argument(channel: grpc.aio.Channel, tai
     req.inputs.add(name="x", datatype="FP32", shape=[2, 3])
     code, details, error_code = await _status(channel, req.SerializeToString() + tail)
     assert (code, error_code) == (grpc.StatusCode.INVALID_ARGUMENT, "malformed_request"), details
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"\x38\x18",  # field 7 as a varint: the wrong wire type
+        b"\x39" + b"\x00" * 8,  # field 7 as fixed64
+    ],
+)
+async def test_raw_contents_of_the_wrong_wire_type_are_no_data(
+    channel: grpc.aio.Channel, tail: bytes
+) -> None:
+    # protobuf keeps a known field of the wrong wire type as an unknown field, so the
+    # message parses (as protobuf itself would) with no data for x: a tensor whose data
+    # disagrees with its shape.
+    req = _request("relu")
+    req.inputs.add(name="x", datatype="FP32", shape=[2, 3])
+    data = req.SerializeToString() + tail
+    parsed = pb.ModelInferRequest.FromString(data)
+    assert not parsed.raw_input_contents
+    code, details, error_code = await _status(channel, data)
+    assert (code, error_code) == (grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"), details
+    assert "needs 6" in details
 
 
 # ---------------------------------------------------------------- concurrency limits

@@ -139,8 +139,8 @@ def test_rest_inputs_and_outputs_in_shared_memory(http: httpx.Client, shm_object
     [
         ({"shared_memory_byte_size": 32, "shared_memory_offset": 4080}, 400, "past the end of region"),
         ({"shared_memory_byte_size": 32, "shared_memory_offset": 2**62}, 400, "past the end of region"),
-        ({"shared_memory_byte_size": 28}, 400, "need 32 bytes"),
-        ({"shared_memory_byte_size": 2**63}, 400, "need 32 bytes"),
+        ({"shared_memory_byte_size": 28}, 422, "need 32 bytes"),
+        ({"shared_memory_byte_size": 2**63}, 422, "need 32 bytes"),
         ({"shared_memory_byte_size": 32, "shared_memory_offset": -4}, 400, "non-negative"),
         ({"shared_memory_byte_size": 32, "region": "nope"}, 404, "'nope'"),
         ({"shared_memory_byte_size": 32, "binary_data_size": 32}, 400, "also carries data"),

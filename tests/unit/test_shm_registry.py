@@ -16,6 +16,7 @@ from gradserve.codecs import v2_tensors
 from gradserve.codecs.dtypes import BY_V2
 from gradserve.config import Settings
 from gradserve.errors import (
+    InvalidInput,
     MalformedRequest,
     NotSupported,
     RegionExists,
@@ -112,8 +113,8 @@ def test_input_is_a_view_of_the_region(shm_objects: ShmObjects) -> None:
         (ShmRef("r", 24, 48), 24, SharedMemoryError, "past the end of region"),  # 48 + 24 > 64
         (ShmRef("r", 24, 2**62), 24, SharedMemoryError, "past the end of region"),
         (ShmRef("r", 2**62, 0), 2**62, SharedMemoryError, "past the end of region"),
-        (ShmRef("r", 20, 0), 24, MalformedRequest, "need 24 bytes"),  # size lies about the shape
-        (ShmRef("r", 28, 0), 24, MalformedRequest, "need 24 bytes"),
+        (ShmRef("r", 20, 0), 24, InvalidInput, "need 24 bytes"),  # size disagrees with the shape: 422
+        (ShmRef("r", 28, 0), 24, InvalidInput, "need 24 bytes"),
         (ShmRef("nope", 24, 0), 24, RegionNotFound, "'nope'"),
     ],
 )

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradserve.errors import GradservError, InvalidInput, RequestTooLarge
+from gradserve.errors import InvalidInput, RequestTooLarge
 
 # torch refuses tensors of more than 64 dims: the codecs refuse them before torch does.
 # The configurable, lower limit (Settings.max_tensor_dims) is checked by validation.py.
@@ -70,8 +70,8 @@ def check_shape_size(
     return count
 
 
-def _bad(where: str, message: str, code: str, error: type[GradservError]) -> GradservError:
-    return error(f"{where}: {message}", code=code)
+def _ragged(where: str) -> InvalidInput:
+    return InvalidInput(f"{where}: ragged nested list (rows of different lengths)", code="ragged_tensor")
 
 
 def _string_value(where: str, text: str) -> float:
@@ -97,7 +97,6 @@ def json_array(
     *,
     strings: bool,
     max_elements: int | None,
-    ragged_error: type[GradservError] = InvalidInput,
 ) -> np.ndarray:
     """Nested JSON lists (or one number) -> an int64 or float64 array of their shape.
 
@@ -111,9 +110,7 @@ def json_array(
     try:
         objects = np.asarray(values, dtype=object)
     except ValueError:  # numpy >= 2 refuses some ragged lists even as objects
-        raise _bad(
-            where, "ragged nested list (rows of different lengths)", "ragged_tensor", ragged_error
-        ) from None
+        raise _ragged(where) from None
     if max_elements is not None:
         check_shape_size(where, objects.shape, max_elements)
     flat = objects.reshape(-1)
@@ -134,7 +131,7 @@ def json_array(
         # numpy stops nesting at 64 dims and leaves the deeper lists as objects.
         raise RequestTooLarge(f"{where}: nested more than {HARD_MAX_DIMS} levels deep")
     if list in kinds:
-        raise _bad(where, "ragged nested list (rows of different lengths)", "ragged_tensor", ragged_error)
+        raise _ragged(where)
     bad = kinds - {int, float, str}
     if bad or (str in kinds and not strings):
         kind = next(iter(bad)) if bad else str

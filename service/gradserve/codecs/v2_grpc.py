@@ -39,7 +39,7 @@ from gradserve.codecs.v2_tensors import (
     tensor_from_buffer,
     v2_dtype,
 )
-from gradserve.errors import MalformedRequest
+from gradserve.errors import InvalidInput, MalformedRequest
 from gradserve.grpc.generated import inference_pb2 as pb
 from gradserve.shm import SharedMemory, ref_from_params
 
@@ -118,10 +118,11 @@ def decode_grpc_request(
             data = raw[next_raw]
             next_raw += 1
             if len(data) != count * dtype.itemsize:
-                raise MalformedRequest(
+                # The data disagrees with its own shape: invalid_input, as over REST (422).
+                raise InvalidInput(
                     f"{where}: raw_input_contents[{next_raw - 1}] has {len(data)} bytes but shape {list(shape)} "
                     f"of {dtype.v2} needs {count * dtype.itemsize}",
-                    code="size_mismatch",
+                    code="shape_mismatch",
                 )
             req.tensors[item.name] = tensor_from_buffer(where, dtype, shape, count, data)
             continue
@@ -132,9 +133,9 @@ def decode_grpc_request(
             )
         values = getattr(item.contents, field_name)
         if len(values) != count:
-            raise MalformedRequest(
+            raise InvalidInput(
                 f"{where}: contents.{field_name} has {len(values)} elements but shape {list(shape)} needs {count}",
-                code="size_mismatch",
+                code="shape_mismatch",
             )
         assert dtype.numpy is not None
         req.tensors[item.name] = torch.from_numpy(np.array(values, dtype=dtype.numpy)).reshape(shape)

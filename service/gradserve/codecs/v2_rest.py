@@ -33,7 +33,7 @@ from gradserve.codecs.v2_tensors import (
     tensor_from_buffer,
     v2_dtype,
 )
-from gradserve.errors import MalformedRequest
+from gradserve.errors import InvalidInput, MalformedRequest
 from gradserve.shm import SharedMemory, ref_from_params
 
 
@@ -45,12 +45,11 @@ def tensor_from_json(where: str, dtype: DType, shape: tuple[int, ...], count: in
         data if isinstance(data, list) else [data],
         strings=dtype.torch.is_floating_point,
         max_elements=None,  # the data is in the body: its cost is the body's
-        ragged_error=MalformedRequest,
     )
     if array.size != count:
-        raise MalformedRequest(
+        raise InvalidInput(
             f"{where}: 'data' has {array.size} elements but shape {list(shape)} needs {count}",
-            code="size_mismatch",
+            code="shape_mismatch",
         )
     return to_torch(where, array.reshape(-1), dtype.torch).reshape(shape)
 
@@ -179,10 +178,12 @@ def decode_rest_request(
                 )
             expected = count * dtype.itemsize
             if size != expected:
-                raise MalformedRequest(
+                # The data disagrees with its own shape (422, as a JSON input whose 'data'
+                # has the wrong count); a section whose sizes do not add up stays 400.
+                raise InvalidInput(
                     f"{where}: binary_data_size is {size} but shape {list(shape)} of {dtype.v2} "
                     f"needs {expected} bytes",
-                    code="size_mismatch",
+                    code="shape_mismatch",
                 )
             if offset + size > len(binary):
                 raise MalformedRequest(

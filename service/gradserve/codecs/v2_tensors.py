@@ -45,9 +45,10 @@ V2_ITEMSIZE: dict[str, int | None] = {
 
 
 def v2_dtype(datatype: object, where: str) -> DType:
-    """V2 datatype string -> our dtype: 400 for a non-V2 string, 422 for one we refuse."""
+    """V2 datatype string -> our dtype, or a 422 naming the input (API.md section 4:
+    invalid dtypes are 422 on every transport, as in the native API)."""
     if not isinstance(datatype, str) or datatype not in V2_ITEMSIZE:
-        raise MalformedRequest(
+        raise InvalidInput(
             f"{where}: unknown datatype {datatype!r}; expected one of {', '.join(BY_V2)}",
             code="unknown_dtype",
         )
@@ -66,9 +67,9 @@ def check_shape(shape: object, where: str, max_elements: int) -> tuple[tuple[int
     if not isinstance(shape, (list, tuple)) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in shape
     ):
-        raise MalformedRequest(f"{where}: 'shape' must be a list of integers", code="bad_shape")
+        raise InvalidInput(f"{where}: 'shape' must be a list of integers", code="bad_shape")
     if any(d < 0 for d in shape):
-        raise MalformedRequest(
+        raise InvalidInput(
             f"{where}: negative dimension in shape {list(shape)[:HARD_MAX_DIMS]}", code="bad_shape"
         )
     count = check_shape_size(where, list(shape), max_elements)
