@@ -127,7 +127,9 @@ def _gelu_fwd(x: Tensor, p: Params) -> Tensor:
 
 def _gelu_bwd(g: Tensor, x: Tensor, y: Tensor | None, p: Params) -> Tensor:
     if p["approximate"] == "tanh":
-        x = x.clamp(-GELU_TANH_GRAD_CLAMP, GELU_TANH_GRAD_CLAMP)
+        # Finite inputs only: at +-inf the derivative is inf * 0 = NaN, as IEEE
+        # arithmetic (API.md) and torch's own backward (both gelu forms) give it.
+        x = torch.where(x.isinf(), x, x.clamp(-GELU_TANH_GRAD_CLAMP, GELU_TANH_GRAD_CLAMP))
     return aten(torch.ops.aten.gelu_backward, g, x, approximate=p["approximate"])
 
 
