@@ -227,7 +227,7 @@ CHANNELS = 1  # the issue's case: one client, one connection, its default retry 
 RAW_BURST = 3_000  # past grpc-core's default pending-call limits (1,000 soft, 3,000 hard)
 
 
-async def test_grpc_burst_drops_nothing(server: ServerProcess) -> None:
+async def test_grpc_burst_drops_nothing(server_factory: Callable[..., ServerProcess]) -> None:
     """3,000 concurrent calls on one plain grpc.aio channel, no retries: every one is
     answered.
 
@@ -235,7 +235,14 @@ async def test_grpc_burst_drops_nothing(server: ServerProcess) -> None:
     them at random past 1,000 queued (RST_STREAM CANCEL; ~200 of a 2,000-call burst,
     ~700 of 3,000, before gradserve set the limits to its own RPC cap). A client
     without retries, such as tritonclient, saw those as failures.
+
+    Its own server, with a queue that holds the whole burst: the shared server's
+    queue (1,024) is below the burst, and in a CPU-starved run it may fill; its 429
+    (RESOURCE_EXHAUSTED, retryable) is backpressure working, not the drop this test
+    is about. (The test failed once on the shared server in a run beside other CPU
+    load; its codes were not kept, and 8 repeats under two CPU hogs passed.)
     """
+    server = server_factory("--max-queue-size", str(2 * RAW_BURST))
     from gradserve.grpc.generated import inference_pb2 as pb
     from gradserve.grpc.generated import inference_pb2_grpc as pb_grpc
 
