@@ -180,6 +180,9 @@ ERRORS = [
     ("/v1/activations/nope", {"x": [1]}, 404, "op_not_found", ["nope"]),
     ("/v1/losses/relu", {"x": [1]}, 404, "op_not_found", ["relu"]),
     ("/v1/activations/relu", b"{not json", 400, "malformed_json", ["JSON"]),
+    # What json.dumps writes for float("nan") by default: the message says what to send.
+    ("/v1/activations/relu", b'{"x": [1.0, NaN]}', 400, "malformed_json", ['"NaN"', "allow_nan"]),
+    ("/v1/activations/relu", b'{"x": [-Infinity]}', 400, "malformed_json", ['"-Infinity"']),
     ("/v1/activations/relu", b"[1, 2]", 400, "malformed_json", ["object"]),
     ("/v1/activations/relu", {"x": [[1, 2], [3]]}, 422, "ragged_tensor", ["'x'", "ragged"]),
     (

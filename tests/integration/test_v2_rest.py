@@ -247,6 +247,7 @@ def _raw(head: dict[str, Any], blob: bytes, length: int | None = None) -> tuple[
 
 MALFORMED: dict[str, tuple[tuple[bytes, dict[str, str]], int, str]] = {
     "not json": ((b"{nope", {}), 400, "not valid JSON"),
+    "bare NaN": ((json.dumps(_with_input(data=[1.0, float("nan")])).encode(), {}), 400, '"NaN"'),
     "json array": ((b"[1, 2]", {}), 400, "JSON object"),
     "binary without header": (
         (json.dumps(GOOD_HEAD).encode() + X, {}),

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from gradserve.codecs.numbers import (
     check_json_answer,
     check_shape_size,
     json_array,
+    nonfinite_literal_hint,
     spanned_elements,
     to_torch,
 )
@@ -128,3 +130,24 @@ def test_check_json_answer() -> None:
     assert check_json_answer([torch.zeros(3, 4), torch.zeros(())], 13) == 13
     with pytest.raises(RequestTooLarge, match="binary"):
         check_json_answer([torch.zeros(100, 0)], 99)
+
+
+@pytest.mark.parametrize(
+    ("body", "hinted"),
+    [
+        (b'{"x": [NaN]}', True),
+        (b'{"x": [1, Infinity]}', True),
+        (b'{"x": [-Infinity]}', True),
+        (b'{"x": [nan, 1]}', True),
+        (b'{"x": [-inf]}', True),
+        (b'{"x": [1, 2', False),
+        (b"{nope", False),
+        (b'{"x": [None]}', False),
+    ],
+)
+def test_nonfinite_literal_hint(body: bytes, hinted: bool) -> None:
+    with pytest.raises(orjson.JSONDecodeError) as info:
+        orjson.loads(body)
+    hint = nonfinite_literal_hint(body, info.value.pos)
+    assert bool(hint) is hinted, (body, info.value)
+    assert nonfinite_literal_hint(body, -1) == ""

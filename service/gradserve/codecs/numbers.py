@@ -74,6 +74,26 @@ def _ragged(where: str) -> InvalidInput:
     return InvalidInput(f"{where}: ragged nested list (rows of different lengths)", code="ragged_tensor")
 
 
+# What a JSON encoder that allows NaN writes (Python's json.dumps by default), and
+# the case-insensitive starts that other languages' printers use.
+_NONFINITE_LITERALS = (b"nan", b"infinity", b"-infinity", b"inf", b"-inf")
+
+
+def nonfinite_literal_hint(body: bytes | memoryview, pos: int) -> str:
+    """A hint for a JSON parse error at ``pos`` that sits on a bare NaN or Infinity:
+    what to send instead (the parser's own words only say "unexpected character")."""
+    if pos < 0:
+        return ""
+    start = max(pos - 1, 0)
+    near = bytes(body[start : pos + 9]).lower()
+    if not any(near.startswith(w) or near[1:].startswith(w) for w in _NONFINITE_LITERALS):
+        return ""
+    return (
+        '; JSON has no NaN or Infinity: send them as the strings "NaN", "Infinity" and '
+        '"-Infinity" (Python: json.dumps writes bare NaN unless allow_nan=False)'
+    )
+
+
 def _string_value(where: str, text: str) -> float:
     if text in _NONFINITE:
         return _NONFINITE[text]

@@ -17,7 +17,7 @@ import orjson
 import torch
 
 from gradserve.codecs.dtypes import DType, of_tensor
-from gradserve.codecs.numbers import json_array, to_torch
+from gradserve.codecs.numbers import json_array, nonfinite_literal_hint, to_torch
 from gradserve.codecs.v2_protocol import (
     MODEL_VERSION,
     RequestedOutput,
@@ -126,7 +126,7 @@ def decode_rest_request(
     try:
         doc = orjson.loads(head)
     except orjson.JSONDecodeError as exc:
-        hint = (
+        hint = nonfinite_literal_hint(head, exc.pos) or (
             ""
             if length is not None
             else " (binary tensor data needs the Inference-Header-Content-Length header)"

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gradserve.codecs.native import decode_tensor, dumps, encode_tensor
-from gradserve.codecs.numbers import check_json_answer
+from gradserve.codecs.numbers import check_json_answer, nonfinite_literal_hint
 from gradserve.engine import Engine
 from gradserve.errors import InvalidInput, MalformedRequest
 from gradserve.ops.registry import Family, OpSpec, Registry
@@ -32,7 +32,8 @@ def parse_json_object(body: bytes | memoryview) -> dict[str, Any]:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise MalformedRequest(f"body is not valid JSON: {exc}", code="malformed_json") from None
+        hint = nonfinite_literal_hint(body, exc.pos)
+        raise MalformedRequest(f"body is not valid JSON: {exc}{hint}", code="malformed_json") from None
     if not isinstance(value, dict):
         raise MalformedRequest("body must be a JSON object", code="malformed_json")
     return value
