@@ -88,15 +88,18 @@ def _coerce_param(spec: ParamSpec, value: Any, lenient: bool, limits: Limits) ->
 
 def _coerce_number(spec: ParamSpec, value: Any, lenient: bool) -> float | int:
     name = f"param {spec.name!r}"
+    kind = "an integer" if spec.type == "int" else "a number"
     if lenient and isinstance(value, str):
         try:
             if len(value) > 40:  # int() of a long digit string is quadratic
                 raise ValueError
-            value = int(value) if spec.type == "int" else float(value)
+            # "3.0" for an int param goes the way JSON's 3.0 does (below): accepted.
+            digits = value.strip().lstrip("+-").isdigit()
+            value = int(value) if spec.type == "int" and digits else float(value)
         except ValueError:
-            raise InvalidInput(f"{name}: expected a number, got {_show(value)}", code="bad_param") from None
+            raise InvalidInput(f"{name}: expected {kind}, got {_show(value)}", code="bad_param") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInput(f"{name}: expected a number, got {_show(value)}", code="bad_param")
+        raise InvalidInput(f"{name}: expected {kind}, got {_show(value)}", code="bad_param")
     if spec.type == "int":
         if isinstance(value, float):
             # Past 2**53 a float is no longer every integer: a value there came from a

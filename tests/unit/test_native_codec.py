@@ -103,6 +103,18 @@ def test_params_defaults_types_and_ranges() -> None:
     assert lenient["beta"] == 2.0
 
 
+def test_int_param_strings_read_as_json_numbers_do() -> None:
+    # The lab's depth, from a plot URL's query or a V2 request: "3.0" is 3 as JSON's
+    # 3.0 is; a fraction or a word says an integer is wanted.
+    spec = REGISTRY.get("activation_stats")
+    for text, depth in (("3", 3), ("3.0", 3), (" 4 ", 4)):
+        params = validate_params(spec, {"depth": text}, lenient=True, ignore_unknown=True, limits=LIMITS)
+        assert params["depth"] == depth
+    for text in ("3.5", "three", "nan"):
+        with pytest.raises(InvalidInput, match="'depth': expected an integer"):
+            validate_params(spec, {"depth": text}, lenient=True, ignore_unknown=True, limits=LIMITS)
+
+
 def test_shape_param_string_form() -> None:
     spec = REGISTRY.get("normal")
     params = validate_params(spec, {"shape": "500, 500"}, lenient=True, ignore_unknown=True, limits=LIMITS)
