@@ -12,7 +12,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -106,11 +106,21 @@ class Engine:
         self.scheduler = scheduler
         self.metrics = metrics
         self.ready = False
+        # Run, in order, just before ``ready`` turns True (gRPC health: SERVING in the
+        # same step, so no probe sees /readyz 200 beside a NOT_SERVING health check).
+        self._before_ready: list[Callable[[], Awaitable[None]]] = []
         self.limits = Limits(settings.max_tensor_elements, settings.max_tensor_dims)
         # Two steps of a stop: ``draining`` turns readiness off (SIGTERM seen) while work is
         # still taken for the drain delay; ``refusing_work`` then answers new work 503.
         self.draining = False
         self.refusing_work = False
+
+    async def when_ready(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` just before the engine turns ready, or now if it already is."""
+        if self.ready:
+            await hook()
+        else:
+            self._before_ready.append(hook)
 
     def prepare(
         self,
@@ -223,5 +233,7 @@ class Engine:
         # ~100 ms pauses in p99 latency under load).
         gc.collect()
         gc.freeze()
+        for hook in self._before_ready:
+            await hook()
         self.ready = True
         log.info("warmed %d ops; ready", len(self.registry))

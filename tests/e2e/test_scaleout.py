@@ -253,14 +253,7 @@ def served(replica: ServerProcess) -> float:
 
 
 def start_replica(tmp_path: Path) -> ServerProcess:
-    """start_server, once more if its free port was taken meanwhile (other tests and
-    processes share this machine's ports)."""
-    try:
-        return start_server(tmp_path, *SERVER_ARGS)
-    except RuntimeError as exc:
-        if "address already in use" not in str(exc).lower():
-            raise
-        return start_server(tmp_path, *SERVER_ARGS)
+    return start_server(tmp_path, *SERVER_ARGS)
 
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -35,8 +35,6 @@ from gradserve.runtime import Runtime
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-# How often the health watcher looks at engine.ready while warming (no event exists).
-_READY_POLL_S = 0.05
 
 
 def _add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
@@ -142,7 +140,6 @@ class GrpcServer:
         )
         self.address = f"{settings.host}:{settings.grpc_port}"
         self.port: int | None = None
-        self._watch: asyncio.Task[None] | None = None
         self._shutdown: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -157,23 +154,18 @@ class GrpcServer:
         if not self.port:  # pragma: no cover - grpcio returns 0 when it cannot bind
             raise RuntimeError(f"gRPC cannot bind {self.address}")
         await self.server.start()
-        self._watch = asyncio.create_task(self._serving_when_ready(), name="grpc-health")
+        await self.runtime.engine.when_ready(self._serving)
         log.info("gRPC listening on %s%s", self.address, " (TLS)" if credentials is not None else "")
 
-    async def _serving_when_ready(self) -> None:
-        engine = self.runtime.engine
-        while not engine.ready:
-            if engine.draining:
-                return
-            await asyncio.sleep(_READY_POLL_S)
-        if not engine.draining:
-            for service in ("", SERVICE_NAME):
-                await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    async def _serving(self) -> None:
+        """Health SERVING: called by the engine just before it turns ready."""
+        if self.runtime.engine.draining or self._shutdown is not None:
+            return
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def set_not_serving(self) -> None:
         """Health NOT_SERVING from now on (called at SIGTERM, before the drain)."""
-        if self._watch is not None:
-            self._watch.cancel()
         if self._shutdown is None:
             # The aio health servicer's setters are coroutines (they notify watchers).
             self._shutdown = asyncio.ensure_future(self.health.enter_graceful_shutdown())
@@ -181,9 +173,8 @@ class GrpcServer:
     async def stop(self, grace_s: float | None) -> None:
         """Stop accepting RPCs; in-flight ones get ``grace_s`` seconds to finish."""
         self.set_not_serving()
-        for task in (self._watch, self._shutdown):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._shutdown is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._shutdown
         await self.server.stop(grace_s)
         log.info("gRPC stopped")
