@@ -155,23 +155,29 @@ def test_inference_keeps_its_latency_while_a_plot_is_drawn(server: ServerProcess
         assert r.status_code == 200
         plot_s.append(time.monotonic() - started)
 
+    def relu_s(c: httpx.Client) -> float:
+        started = time.monotonic()
+        assert c.post("/v1/activations/relu", json={"x": [[-1.0, 2.0]]}).status_code == 200
+        return time.monotonic() - started
+
     with httpx.Client(base_url=server.url, timeout=30) as c:
         c.post("/v1/activations/relu", json={"x": [1.0]})  # connection warm
+        before = [relu_s(c) for _ in range(20)]  # the same calls with no render, to compare
         thread = threading.Thread(target=draw)
         thread.start()
         time.sleep(0.2)  # the render is under way
         latencies = []
         while thread.is_alive():
-            started = time.monotonic()
-            assert c.post("/v1/activations/relu", json={"x": [[-1.0, 2.0]]}).status_code == 200
-            latencies.append(time.monotonic() - started)
+            latencies.append(relu_s(c))
             time.sleep(0.01)
         thread.join()
-    assert plot_s and plot_s[0] > 0.5, plot_s  # long enough to have overlapped
-    assert len(latencies) >= 5
-    # Measured here: 2-4 ms median during a render. (A render on a thread of the
-    # server's own process stalled its event loop for up to 60 ms at a time.)
-    print(
-        f"plot {plot_s[0]:.2f} s; relu median {np.median(latencies) * 1e3:.1f} ms, max {max(latencies) * 1e3:.1f} ms"
-    )
-    assert float(np.median(latencies)) < 0.02, latencies
+    assert plot_s, "the plot was not drawn"
+    assert len(latencies) >= 5, latencies  # long enough to have overlapped
+    # Relative to the same machine a moment before, not a wall-clock limit: the render
+    # takes a core of its own, so some rise is expected on two cores. Measured here:
+    # 2-4 ms median during a render, 2.4-6.6 ms beside 2-4 CPU hogs. (A render on a
+    # thread of the server's own process stalled its event loop for up to 60 ms at a
+    # time.)
+    base, during = float(np.median(before)), float(np.median(latencies))
+    print(f"plot {plot_s[0]:.2f} s; relu median {base * 1e3:.1f} ms before, {during * 1e3:.1f} ms during")
+    assert during < 4 * base + 0.005, (base, latencies)
