@@ -74,7 +74,9 @@ def summarize(raw: Path, top: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--transport", default="grpc-stream", help="a `gradserve bench --transports` name")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=12, help="how long py-spy samples")
@@ -92,7 +94,16 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.http_port}"
     grpc_target = f"127.0.0.1:{args.grpc_port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "gradserve", "serve", "--http-port", str(args.http_port), "--grpc-port", str(args.grpc_port)],
+        [
+            sys.executable,
+            "-m",
+            "gradserve",
+            "serve",
+            "--http-port",
+            str(args.http_port),
+            "--grpc-port",
+            str(args.grpc_port),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -105,7 +116,9 @@ def main() -> None:
             "--transports", args.transport, "--concurrency", str(args.concurrency),
             "--sections", "small", "--no-floors", "--no-torch", "--duration-s", str(args.seconds + 12),
         ]  # fmt: skip
-        bench = subprocess.Popen(bench_cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        bench = subprocess.Popen(
+            bench_cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         time.sleep(8)  # past the bench's warm-up, into its measured window
         with tempfile.TemporaryDirectory() as tmp:
             raw = args.keep or Path(tmp) / "stacks.txt"
