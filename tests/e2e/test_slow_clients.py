@@ -24,16 +24,20 @@ TIMEOUT_S = 1.0
 BOUND_S = 10 * TIMEOUT_S  # generous: a correctness bound, the machine may be busy
 
 
-@pytest.fixture
-def guarded(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
-    return server_factory(
+def _guarded_args(keep_alive_s: float) -> tuple[str, ...]:
+    return (
         "--grpc-port", "0",
         "--http-header-timeout-s", str(TIMEOUT_S),
         "--http-body-timeout-s", str(TIMEOUT_S),
         "--http-write-timeout-s", str(2 * TIMEOUT_S),
-        "--http-keep-alive-s", "1",
+        "--http-keep-alive-s", str(keep_alive_s),
         "--http-max-connections", "8",
     )  # fmt: skip
+
+
+@pytest.fixture
+def guarded(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    return server_factory(*_guarded_args(keep_alive_s=1))
 
 
 def _connect(server: ServerProcess) -> socket.socket:
@@ -143,7 +147,12 @@ def test_answers_never_read_are_dropped(guarded: ServerProcess) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_connections_past_the_cap_answer_503_with_retry_after(guarded: ServerProcess) -> None:
+def test_connections_past_the_cap_answer_503_with_retry_after(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    # A long keep-alive: with 1 s, a CPU-starved second between the eight connections'
+    # calls and the ninth would let the server close idle ones, and the cap not be hit.
+    guarded = server_factory(*_guarded_args(keep_alive_s=30))
     clients = [httpx.Client(base_url=guarded.url, timeout=10.0) for _ in range(8)]
     try:
         for client in clients:  # eight kept-alive connections: the cap
