@@ -7,6 +7,8 @@ are its ``OpSpec.check``. After both pass, a kernel must not fail on the input.
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import math
 import reprlib
 from collections.abc import Mapping, Sequence
@@ -154,11 +156,43 @@ class Limits:
     max_dims: int
 
 
+# Unknown params looked at for a near miss, at most (a V2 parameters object can hold
+# many keys; each comparison costs microseconds), and the longest name compared.
+_NEAR_MISS_KEYS = 32
+_NEAR_MISS_CHARS = 40
+
+
+def _refuse_near_misses(spec: OpSpec, raw: Mapping[str, Any]) -> None:
+    """422 for an unknown param that is a near miss of one of the op's own ("reducton",
+    "Reduction"): V2 and gRPC ignore unknown params, as clients add their own, but a
+    typo must not fall back to the default without a word."""
+    names = list(spec.param_index)
+    if not names:
+        return
+    lowered = {n.lower(): n for n in names}
+    unknown = (k for k in raw if isinstance(k, str) and k not in spec.param_index)
+    for key in itertools.islice(unknown, _NEAR_MISS_KEYS):
+        if len(key) > _NEAR_MISS_CHARS:
+            continue
+        meant = lowered.get(key.lower()) or next(
+            iter(difflib.get_close_matches(key, names, n=1, cutoff=0.8)), None
+        )
+        if meant is not None:
+            raise InvalidInput(
+                f"op {spec.name!r}: unknown param {_show(key)}; did you mean {meant!r}? (its params "
+                f"are {', '.join(map(repr, names))}; other unknown params are ignored)",
+                code="unknown_field",
+            )
+
+
 def validate_params(
     spec: OpSpec, raw: Mapping[str, Any], *, lenient: bool, ignore_unknown: bool, limits: Limits
 ) -> dict[str, Any]:
     """Fill defaults and type-check every param of ``spec``."""
-    if not ignore_unknown:
+    if ignore_unknown:
+        if any(k not in spec.param_index for k in raw):
+            _refuse_near_misses(spec, raw)
+    else:
         unknown = [k for k in raw if k not in spec.param_index]
         if unknown:
             raise InvalidInput(

@@ -229,6 +229,21 @@ async def test_raw_contents_whose_size_disagrees_with_the_shape(
     assert "needs 24" in details
 
 
+async def test_a_misspelled_param_is_invalid_argument_and_an_unknown_one_ignored(
+    channel: grpc.aio.Channel,
+) -> None:
+    typo = _request("hinge", margn=2)
+    _add_raw(typo, "input", np.zeros((2, 3), np.float32), "FP32")
+    _add_raw(typo, "target", np.zeros(2, np.int64), "INT64")
+    code, details, error_code = await _status(channel, typo.SerializeToString())
+    assert (code, error_code) == (grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"), details
+    assert "did you mean 'margin'" in details
+    extra = _request("hinge", client_tag="abc")
+    _add_raw(extra, "input", np.zeros((2, 3), np.float32), "FP32")
+    _add_raw(extra, "target", np.zeros(2, np.int64), "INT64")
+    assert _outputs(await _infer(channel, extra))["loss"][0] == "FP32"
+
+
 async def test_more_or_fewer_raw_entries_than_inputs(channel: grpc.aio.Channel) -> None:
     for extra in ([b""], [b"", b""]):
         req = _relu_request()

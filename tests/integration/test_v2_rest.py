@@ -291,6 +291,17 @@ MALFORMED: dict[str, tuple[tuple[bytes, dict[str, str]], int, str]] = {
     ),
     "unknown output": ((json.dumps({**_with_input(), "outputs": [{"name": "z"}]}).encode(), {}), 422, "'z'"),
     "unknown input": ((json.dumps({"inputs": [fp32("q", [1.0])]}).encode(), {}), 422, "'q'"),
+    # A near miss of the op's own param is a typo, not a client's extra: 422, not ignored.
+    "misspelled param": (
+        (json.dumps({**_with_input(), "parameters": {"negative_slop": 0.2}}).encode(), {}),
+        422,
+        "did you mean 'negative_slope'",
+    ),
+    "param in the wrong case": (
+        (json.dumps({**_with_input(), "parameters": {"Negative_Slope": 0.2}}).encode(), {}),
+        422,
+        "did you mean 'negative_slope'",
+    ),
     "bad param value": (
         (json.dumps({**_with_input(), "parameters": {"negative_slope": "abc"}}).encode(), {}),
         422,

@@ -103,6 +103,23 @@ def test_params_defaults_types_and_ranges() -> None:
     assert lenient["beta"] == 2.0
 
 
+def test_lenient_mode_refuses_near_misses_and_ignores_other_unknowns() -> None:
+    # V2 and gRPC ignore params they do not know (clients add their own), but one that
+    # is a near miss of the op's own is a typo whose default would be used silently.
+    spec = REGISTRY.get("cross_entropy")
+    for typo in ("reducton", "Reduction", "REDUCTION", "label_smothing", "ignore_indx"):
+        with pytest.raises(InvalidInput, match="did you mean") as info:
+            validate_params(spec, {typo: "sum"}, lenient=True, ignore_unknown=True, limits=LIMITS)
+        assert repr(typo) in info.value.message
+    extras = {"client_tag": "a", "x-trace": 1, "request_priority": 2, "r": 0, "x" * 500: 1}
+    params = validate_params(spec, extras, lenient=True, ignore_unknown=True, limits=LIMITS)
+    assert params["reduction"] == "mean"
+    # Bounded: past the first keys looked at, a typo goes unchecked rather than costing
+    # a comparison per key of a huge parameters object.
+    many = {f"extra_{i}": i for i in range(10_000)} | {"reducton": "sum"}
+    validate_params(spec, many, lenient=True, ignore_unknown=True, limits=LIMITS)
+
+
 def test_int_param_strings_read_as_json_numbers_do() -> None:
     # The lab's depth, from a plot URL's query or a V2 request: "3.0" is 3 as JSON's
     # 3.0 is; a fraction or a word says an integer is wanted.
