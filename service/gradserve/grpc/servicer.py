@@ -38,7 +38,7 @@ from google.protobuf import json_format
 
 from gradserve import __version__
 from gradserve.codecs import v2, v2_grpc, v2_models, v2_tensors
-from gradserve.engine import GRPC_STREAM, GRPC_UNARY, Engine
+from gradserve.engine import GRPC_STREAM, GRPC_UNARY, Arrival, Engine
 from gradserve.errors import GradservError, NotSupported
 from gradserve.grpc.generated import inference_pb2 as pb
 from gradserve.grpc.generated import inference_pb2_grpc as pb_grpc
@@ -162,10 +162,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._infer(request, context.time_remaining())
 
     async def _infer(
-        self, request: v2_grpc.InferRequestWire, remaining_s: float | None, stream: bool = False
+        self, request: v2_grpc.InferRequestWire, remaining_s: float | None, arrival: Arrival = GRPC_UNARY
     ) -> v2_grpc.InferResponseWire:
         """One ModelInferRequest through the engine (ModelInfer, and each message of
-        ModelStreamInfer); raises the request's GradservError."""
+        ModelStreamInfer, which passes GRPC_STREAM); raises the request's GradservError."""
         message = request.message
         spec = self._model(message.model_name, message.model_version)
         req = v2_grpc.decode_wire(request, self.settings.max_tensor_elements, self.shm)
@@ -185,7 +185,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             transport="grpc",
             lenient=True,
             timeout_s=min(limits),
-            arrival=GRPC_STREAM if stream else GRPC_UNARY,
+            arrival=arrival,
         )
         slots = req.shm_outputs
         if slots:
@@ -252,7 +252,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         ``error_message`` (the same messages unary calls abort with)."""
         message = request.message
         try:
-            return v2_grpc.serialize_stream_response(await self._infer(request, remaining_s, stream=True))
+            return v2_grpc.serialize_stream_response(await self._infer(request, remaining_s, GRPC_STREAM))
         except GradservError as exc:
             error, code = exc.message, exc.kind.code
         except asyncio.CancelledError:
