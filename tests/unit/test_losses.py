@@ -593,6 +593,28 @@ def test_batched_equals_alone_bitwise(case: Case, reduction: str, dtype: torch.d
             assert bitwise_equal(got[name], alone[name]), name
 
 
+@pytest.mark.parametrize("rows", [(4, 4, 4), (8, 8), (3, 3, 3), (1, 1, 1, 1), (4, 3, 4)], ids=str)
+@pytest.mark.parametrize(("case", "reduction"), [p for p in BATCHABLE if p.values[1] != "none"])
+def test_same_size_batches_equal_alone_bitwise(case: Case, reduction: str, rows: tuple[int, ...]) -> None:
+    # Requests of one size take the reduction's short paths (segment_sums sums a view
+    # when the size is a power of two; the upstream gradient is a broadcast): each must
+    # still answer bit for bit what it answers alone and beside requests of other sizes.
+    spec = SPECS[case.op]
+    reqs = []
+    for seed, n in enumerate(rows):
+        tensors, params = make_request(case, reduction, n=n, seed=50 + seed)
+        reqs.append({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    odd, _ = make_request(case, reduction, n=5, seed=49)
+    odd = {k: v.float() if v.is_floating_point() else v for k, v in odd.items()}
+    batched = run(spec, reqs, params, WANT_ALL)
+    mixed = run(spec, [odd, *reqs], params, WANT_ALL)[1:]
+    for req, got, beside in zip(reqs, batched, mixed, strict=True):
+        (alone,) = run(spec, [req], params, WANT_ALL)
+        for name in WANT_ALL:
+            assert bitwise_equal(got[name], alone[name]), name
+            assert bitwise_equal(beside[name], alone[name]), name
+
+
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("op", ["huber", "bce_with_logits", "cross_entropy", "kl_div", "bce"])
 def test_large_requests_batched_equal_alone_bitwise(op: str, reduction: str) -> None:

@@ -68,10 +68,18 @@ def segment_sums(values: Tensor, rows: tuple[int, ...]) -> Tensor:
     sizes = segment_sizes(values, rows)
     flat = values.reshape(-1)
     width = 1 << max(max(sizes) - 1, 0).bit_length()
-    buf = flat.new_full((len(sizes), width), -0.0)
-    if len(sizes) == 1 or all(size == sizes[0] for size in sizes):
+    same = len(sizes) == 1 or all(size == sizes[0] for size in sizes)
+    if same and sizes[0] == width:
+        # Every request fills a power-of-two row: no padding, so the buffer is a view
+        # and the tree below adds exactly what it adds on a padded copy. The copy
+        # (new_full and an indexed assignment) was about a tenth of a small batch's
+        # kernel (scripts/microbench_loss_kernel.py).
+        buf = flat.reshape(len(sizes), width)
+    elif same:
+        buf = flat.new_full((len(sizes), width), -0.0)
         buf[:, : sizes[0]] = flat.reshape(len(sizes), sizes[0])
     else:
+        buf = flat.new_full((len(sizes), width), -0.0)
         lengths = torch.tensor(sizes, device=flat.device)
         starts = torch.cumsum(lengths, 0) - lengths
         row = torch.repeat_interleave(torch.arange(len(sizes), device=flat.device), lengths)
@@ -112,8 +120,14 @@ def _element_upstream(
     per_request = ones if grad_loss is None else grad_loss.reshape(-1)
     if reduction != "sum":
         per_request = per_request / elements.denoms
-    sizes = torch.tensor(segment_sizes(values, rows), device=values.device)
-    return torch.repeat_interleave(per_request, sizes).reshape(values.shape)
+    sizes = segment_sizes(values, rows)
+    if len(set(sizes)) == 1:
+        # Requests of one size (the common batch): a broadcast copies the same values
+        # as repeat_interleave without building a sizes tensor.
+        return per_request.reshape(-1, 1).expand(len(sizes), sizes[0]).reshape(values.shape)
+    return torch.repeat_interleave(per_request, torch.tensor(sizes, device=values.device)).reshape(
+        values.shape
+    )
 
 
 def _reduce(elements: Elements, reduction: str, rows: tuple[int, ...]) -> list[Tensor]:
