@@ -47,10 +47,14 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+_SENTENCE_END = re.compile(r"(?<=\S)\.(?=\s)")
+
+
 def _summary(doc: str) -> str:
-    """An op's doc up to its first full stop: what the op computes, in one sentence."""
-    head, dot, _ = doc.partition(". ")
-    return _cell(head + ("." if dot else ""))
+    """An op's doc up to its first full stop: what the op computes, in one sentence.
+    A full stop ends a word; a dot between spaces (maxout's "x[n] . weight") is a product."""
+    end = _SENTENCE_END.search(doc)
+    return _cell(doc if end is None else doc[: end.start() + 1])
 
 
 def _common_params(specs: Sequence[OpSpec]) -> list[ParamSpec]:

@@ -82,3 +82,18 @@ def test_readme_and_landing_page_say_the_same_two_sentences() -> None:
 
     intro = " ".join(README.split("\n## ", 1)[0].split())
     assert DESCRIPTION in intro and AUDIENCE in intro
+
+
+def test_op_summaries_end_at_a_full_stop_not_at_a_product_dot() -> None:
+    # The ops table shows each op's doc up to its first sentence; maxout's doc has a
+    # dot product ("x[n] . weight") that once cut its row short.
+    assert docs_gen._summary("x for x > 0. More here.") == "x for x > 0."
+    assert (
+        docs_gen._summary("max_k (x[n] . w[k]); ties go first. More.")
+        == "max_k (x[n] . w[k]); ties go first."
+    )
+    assert docs_gen._summary("a 0.5 scale") == "a 0.5 scale"
+    for spec in build_registry():
+        summary = docs_gen._summary(spec.doc)
+        assert not summary.endswith(" ."), (spec.name, summary)
+    assert "weight[k, m] + bias[k, m]" in docs_gen._summary(build_registry().get("maxout").doc)
