@@ -361,9 +361,51 @@ def test_dtypes_and_std_output(op: str, dtype: str) -> None:
     expected = torch.tensor(init.target_std(op, params_for(op, shape=shape)), dtype=DTYPES[dtype])
     assert torch.equal(std, expected)
     if dtype in ("float16", "bfloat16"):
-        # Drawn in float32 and rounded: the same seed gives the float32 values rounded.
-        f32 = run(op, shape=shape, dtype="float32", seed=9)["weight"]
-        assert torch.equal(w, f32.to(DTYPES[dtype]))
+        # Drawn in float32 and rounded: the same seed gives the float32 values rounded
+        # (kept inside [low, high) for the uniform ops: test_uniform_half_open_in_half).
+        f32 = run(op, shape=shape, dtype="float32", seed=9)["weight"].to(DTYPES[dtype])
+        if op in UNIFORM_OPS:
+            bound = math.sqrt(3) * init.target_std(op, params_for(op, shape=shape))
+            low, high = (-1.0, 1.0) if op == "uniform" else (-bound, bound)
+            f32 = f32.clamp(*init._range_in_dtype(low, high, DTYPES[dtype]))
+        assert torch.equal(w, f32)
+
+
+UNIFORM_OPS = ("uniform", "xavier_uniform", "kaiming_uniform")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    ("op", "overrides"),
+    [
+        ("uniform", {}),
+        ("uniform", {"low": 0.1, "high": 0.3}),
+        ("xavier_uniform", {}),
+        ("kaiming_uniform", {}),
+    ],
+)
+def test_uniform_half_open_in_half(op: str, overrides: dict[str, Any], dtype: str) -> None:
+    # A float32 draw just below high rounds up to high itself in float16/bfloat16 (259
+    # of 250,000 bfloat16 values did); the answer must stay in [low, high), as torch's.
+    shape = [500, 500]
+    w = run(op, shape=shape, dtype=dtype, seed=1, **overrides)["weight"].double()
+    if op == "uniform":
+        low, high = overrides.get("low", -1.0), overrides.get("high", 1.0)
+    else:
+        high = math.sqrt(3) * init.target_std(op, params_for(op, shape=shape))
+        low = -high
+    assert w.min().item() >= low and w.max().item() < high
+    assert_moments(w, (low + high) / 2, (high - low) / math.sqrt(12))
+
+
+def test_uniform_range_must_fit_and_hold_a_value_of_the_dtype() -> None:
+    # bound sqrt(3) * 50,000 overflows float16 (largest 65,504): the answer would be inf.
+    rejects("xavier_uniform", "gain", shape=[1, 1], gain=50_000.0, dtype="float16")
+    check("xavier_uniform", shape=[1, 1], gain=50_000.0, dtype="float32")
+    # No bfloat16 value lies in [1.001, 1.002): its neighbours of 1 are 0.996 and 1.0078.
+    message = rejects("uniform", "low", shape=[3], low=1.001, high=1.002, dtype="bfloat16")
+    assert "holds no bfloat16 value" in message
+    check("uniform", shape=[3], low=1.001, high=1.002, dtype="float32")
 
 
 @pytest.mark.parametrize(

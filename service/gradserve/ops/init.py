@@ -124,6 +124,18 @@ def _uniform_range(op_name: str, params: Mapping[str, Any]) -> tuple[float, floa
     return None
 
 
+def _range_in_dtype(low: float, high: float, dtype: torch.dtype) -> tuple[float, float]:
+    """The smallest value of ``dtype`` at least ``low`` and the largest below ``high``:
+    the half-open [low, high) as dtype can hold it (lo > hi when it holds none)."""
+    lo = torch.tensor(low, dtype=dtype)
+    if lo.item() < low:
+        lo = torch.nextafter(lo, torch.tensor(math.inf, dtype=dtype))
+    hi = torch.tensor(high, dtype=dtype)
+    if hi.item() >= high:
+        hi = torch.nextafter(hi, torch.tensor(-math.inf, dtype=dtype))
+    return lo.item(), hi.item()
+
+
 # ---------------------------------------------------------------- checker
 
 
@@ -189,6 +201,18 @@ def _check_values(op_name: str, params: Mapping[str, Any], dtype: torch.dtype) -
         )
     if not _fits(target_std(op_name, params), dtype):
         raise InvalidInput(f"{blame}: the target std overflows {params['dtype']}")
+    if span is not None and compute_dtype(dtype) != dtype:
+        # Drawn in float32 and rounded to dtype (see _draw): the range must fit dtype and
+        # hold at least one of its values, or the answer would be inf or outside it.
+        if not (_fits(span[0], dtype) and _fits(span[1], dtype)):
+            raise InvalidInput(
+                f"{blame}: the uniform range [{span[0]:g}, {span[1]:g}] overflows {params['dtype']}"
+            )
+        lo, hi = _range_in_dtype(span[0], span[1], dtype)
+        if lo > hi:
+            raise InvalidInput(
+                f"{blame}: the uniform range [{span[0]:g}, {span[1]:g}) holds no {params['dtype']} value"
+            )
 
 
 def _check_trunc_distance(params: Mapping[str, Any]) -> None:
@@ -301,7 +325,13 @@ def _draw(op_name: str, params: Mapping[str, Any], device: torch.device) -> torc
     weight = torch.empty(tuple(params["shape"]), dtype=compute_dtype(dtype), device=device)
     with torch.no_grad():
         _FILLS[op_name](weight, params, generator)
-    return weight.to(dtype)
+    out = weight.to(dtype)
+    span = _uniform_range(op_name, params)
+    if span is not None and out.dtype != weight.dtype:
+        # Rounding a float32 draw to float16/bfloat16 can land on high itself (or past an
+        # unrepresentable bound): keep the answer in [low, high) as torch's own draw does.
+        out.clamp_(*_range_in_dtype(span[0], span[1], dtype))
+    return out
 
 
 def _make_kernel(op_name: str) -> Kernel:
