@@ -7,7 +7,6 @@ are its ``OpSpec.check``. After both pass, a kernel must not fail on the input.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 import reprlib
@@ -19,6 +18,7 @@ import torch
 
 from gradserve.codecs.numbers import check_shape_size, int64_range
 from gradserve.errors import InvalidInput, RequestTooLarge
+from gradserve.near_miss import closest
 from gradserve.ops.registry import OpSpec, ParamSpec, TensorSpec
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -157,9 +157,8 @@ class Limits:
 
 
 # Unknown params looked at for a near miss, at most (a V2 parameters object can hold
-# many keys; each comparison costs microseconds), and the longest name compared.
+# many keys; each comparison costs microseconds; near_miss bounds each name's length).
 _NEAR_MISS_KEYS = 32
-_NEAR_MISS_CHARS = 40
 
 
 def _refuse_near_misses(spec: OpSpec, raw: Mapping[str, Any]) -> None:
@@ -169,14 +168,9 @@ def _refuse_near_misses(spec: OpSpec, raw: Mapping[str, Any]) -> None:
     names = list(spec.param_index)
     if not names:
         return
-    lowered = {n.lower(): n for n in names}
     unknown = (k for k in raw if isinstance(k, str) and k not in spec.param_index)
     for key in itertools.islice(unknown, _NEAR_MISS_KEYS):
-        if len(key) > _NEAR_MISS_CHARS:
-            continue
-        meant = lowered.get(key.lower()) or next(
-            iter(difflib.get_close_matches(key, names, n=1, cutoff=0.8)), None
-        )
+        meant = closest(key, names)
         if meant is not None:
             raise InvalidInput(
                 f"op {spec.name!r}: unknown param {_show(key)}; did you mean {meant!r}? (its params "

@@ -108,6 +108,32 @@ async def test_an_unknown_op_is_still_unknown(app_client: httpx.AsyncClient) -> 
 
 
 @pytest.mark.parametrize(
+    ("path", "hint"),
+    [
+        ("/v1/losses/crossentropy", "did you mean 'cross_entropy'?"),  # a near miss of an op
+        ("/v1/activations/Relu", "did you mean 'relu'?"),
+        ("/v1/activation/relu", "did you mean /v1/activations/relu?"),  # of a family
+        ("/v1/inits/normal", "did you mean /v1/init/normal?"),
+        ("/v1/foo/relu", "op routes are /v1/activations/{op}, /v1/losses/{op}, /v1/init/{op}, /v1/lab/{op}"),
+    ],
+)
+async def test_a_near_miss_of_an_op_or_family_says_what_was_meant(
+    app_client: httpx.AsyncClient, path: str, hint: str
+) -> None:
+    answer = await app_client.post(path, json={})
+    assert answer.status_code == 404
+    assert hint in answer.json()["error"]["message"]
+
+
+async def test_no_hint_for_a_name_that_is_not_close(app_client: httpx.AsyncClient) -> None:
+    message = (await app_client.post("/v1/losses/nope", json={})).json()["error"]["message"]
+    assert "did you mean" not in message
+    long_name = "cross_entropy" * 10  # past the compared length: no comparison, no hint
+    message = (await app_client.post(f"/v1/losses/{long_name}", json={})).json()["error"]["message"]
+    assert "did you mean" not in message and "..." in message
+
+
+@pytest.mark.parametrize(
     "target",
     [[0.0], [0.5], {"dtype": "float32", "shape": [1], "data": [0]}],
     ids=["whole-floats", "fraction", "float32-object"],

@@ -283,6 +283,29 @@ MALFORMED: dict[str, tuple[tuple[bytes, dict[str, str]], int, str]] = {
     ),
     "shape over the element limit": ((json.dumps(_with_input(shape=[1 << 40])).encode(), {}), 413, "limit"),
     "inputs not a list": ((b'{"inputs": {}}', {}), 400, "'inputs' must be a list"),
+    # A missing field is a body that cannot be read (docs/v2.md): 400, naming the field.
+    "no datatype": (
+        (json.dumps({"inputs": [{"name": "x", "shape": [1], "data": [1.0]}]}).encode(), {}),
+        400,
+        "input 'x': has no 'datatype'",
+    ),
+    "no shape": (
+        (json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "data": [1.0]}]}).encode(), {}),
+        400,
+        "input 'x': has no 'shape'",
+    ),
+    # {"input": ...} would read as a request without inputs; other unknown fields are
+    # ignored, as Triton does (test_v2_unknown_request_fields_are_ignored).
+    "misspelled field": (
+        (json.dumps({"input": _with_input()["inputs"]}).encode(), {}),
+        400,
+        "unknown field 'input'; did you mean 'inputs'?",
+    ),
+    "field in the wrong case": (
+        (json.dumps({**_with_input(), "Outputs": [{"name": "y"}]}).encode(), {}),
+        400,
+        "did you mean 'outputs'?",
+    ),
     "id not a string": ((json.dumps({**_with_input(), "id": 5}).encode(), {}), 400, "'id'"),
     "shared memory": (
         (json.dumps(_with_input(parameters={"shared_memory_region": "r"})).encode(), {}),
@@ -318,6 +341,13 @@ def test_malformed_request(http: httpx.Client, case: str) -> None:
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert isinstance(error, str) and needle in error, error
+
+
+def test_v2_unknown_request_fields_are_ignored(http: httpx.Client) -> None:
+    # Clients and proxies add their own fields; only a near miss of V2's is refused.
+    body = {**_with_input(), "trace": {"sampled": True}, "priority": 1}
+    r = http.post("/v2/models/relu/infer", json=body)
+    assert r.status_code == 200, r.text
 
 
 def test_server_stays_up_after_malformed(http: httpx.Client) -> None:

@@ -34,6 +34,7 @@ from gradserve.codecs.v2_tensors import (
     v2_dtype,
 )
 from gradserve.errors import InvalidInput, MalformedRequest
+from gradserve.near_miss import closest
 from gradserve.shm import SharedMemory, ref_from_params
 
 
@@ -73,6 +74,25 @@ def _parse_parameters(value: object, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise MalformedRequest(f"{where}: 'parameters' must be a JSON object", code="malformed_request")
     return value
+
+
+# The fields of a V2 inference request. Others are ignored, as Triton does (clients and
+# proxies add their own), except a near miss of one of these: {"input": [...]} would
+# otherwise read as a request with no inputs.
+_REQUEST_FIELDS = ("id", "parameters", "inputs", "outputs")
+_NEAR_MISS_FIELDS = 32  # unknown fields compared, at most
+
+
+def _refuse_near_miss_fields(doc: Mapping[str, Any]) -> None:
+    unknown = (k for k in doc if k not in _REQUEST_FIELDS)
+    for _, key in zip(range(_NEAR_MISS_FIELDS), unknown, strict=False):
+        meant = closest(key, _REQUEST_FIELDS)
+        if meant is not None:
+            raise MalformedRequest(
+                f"unknown field {key!r}; did you mean {meant!r}? (an inference request has "
+                f"{', '.join(map(repr, _REQUEST_FIELDS))})",
+                code="unknown_field",
+            )
 
 
 def parse_header_length(value: str | None, body_length: int) -> int | None:
@@ -135,6 +155,7 @@ def decode_rest_request(
     if not isinstance(doc, dict):
         raise MalformedRequest("the inference request must be a JSON object", code="malformed_json")
 
+    _refuse_near_miss_fields(doc)
     req = V2Request(tensors={}, params={}, outputs=None)
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -155,8 +176,11 @@ def decode_rest_request(
         where = f"input {name!r}"
         if name in req.tensors:
             raise MalformedRequest(f"{where} is given twice", code="duplicate_input")
-        dtype = v2_dtype(item.get("datatype"), where)
-        shape, count = check_shape(item.get("shape"), where, max_elements)
+        for field in ("datatype", "shape"):
+            if field not in item:
+                raise MalformedRequest(f"{where}: has no {field!r}", code="malformed_request")
+        dtype = v2_dtype(item["datatype"], where)
+        shape, count = check_shape(item["shape"], where, max_elements)
         tensor_params = _parse_parameters(item.get("parameters"), where)
         refuse_unsupported(tensor_params, where)
         ref = ref_from_params(tensor_params, where)

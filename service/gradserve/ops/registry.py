@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import torch
 
+from gradserve.near_miss import closest
+
 # "lab": the lecture's experiments (ops/lab.py), served at /v1/lab/<op>.
 Family = Literal["activations", "losses", "init", "lab"]
 # How requests of an op may share one kernel call:
@@ -198,7 +200,9 @@ class Registry:
         if spec is None:
             where = f" under /{family}" if family else ""
             shown = repr(name[:64]) + ("..." if len(name) > 64 else "")  # names come from clients
-            raise OpNotFound(f"unknown op {shown}{where}; GET /v1/ops lists the ops")
+            meant = closest(name, self._ops)
+            hint = "" if meant is None else f"did you mean {meant!r}? "
+            raise OpNotFound(f"unknown op {shown}{where}; {hint}GET /v1/ops lists the ops")
         return spec
 
     def __iter__(self) -> Iterator[OpSpec]:

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gradserve.errors import GradservError, Overloaded
+from gradserve.near_miss import closest
 from gradserve.tracing import current_request_id
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     codes = {404: "not_found", 405: "method_not_allowed"}
     code = codes.get(exc.status_code, "http_error")
     message = f"{request.method} {request.url.path}: {exc.detail}"
+    if exc.status_code == 404:
+        message += _route_hint(request.url.path)
     return error_response(request, exc.status_code, code, message)
+
+
+_FAMILIES = ("activations", "losses", "init", "lab")
+
+
+def _route_hint(path: str) -> str:
+    """For /v1/<not a family>/<op>: the family meant ("activation", "inits"), or the
+    op routes there are."""
+    parts = path.split("/")
+    if len(parts) != 4 or parts[1] != "v1" or parts[2] in _FAMILIES:
+        return ""
+    meant = closest(parts[2], _FAMILIES)
+    if meant is not None:
+        return f"; did you mean /v1/{meant}/{parts[3]}?"
+    return "; op routes are " + ", ".join(f"/v1/{family}/{{op}}" for family in _FAMILIES)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
