@@ -208,8 +208,8 @@ def _check_values(op_name: str, params: Mapping[str, Any], dtype: torch.dtype) -
             raise InvalidInput(
                 f"{blame}: the uniform range [{span[0]:g}, {span[1]:g}] overflows {params['dtype']}"
             )
-        lo, hi = _range_in_dtype(span[0], span[1], dtype)
-        if lo > hi:
+        first, last = _range_in_dtype(span[0], span[1], dtype)
+        if first > last:
             raise InvalidInput(
                 f"{blame}: the uniform range [{span[0]:g}, {span[1]:g}) holds no {params['dtype']} value"
             )
