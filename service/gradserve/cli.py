@@ -22,6 +22,7 @@ import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, get_args
 
+import pydantic
 import uvicorn
 
 from gradserve import __version__, logs, malloc
@@ -92,8 +93,19 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The settings from flags over GRADSERVE_* variables over defaults. A value that
+    does not validate exits 2 with one line per setting, as a bad flag does in argparse
+    (a variable's bad value used to end in pydantic's traceback)."""
     given = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
-    return Settings(**given)
+    try:
+        return Settings(**given)
+    except pydantic.ValidationError as exc:
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "settings"
+            source = f"--{name.replace('_', '-')}" if name in given else f"GRADSERVE_{name.upper()}"
+            shown = repr(error.get("input"))[:60]
+            print(f"gradserve serve: {source}={shown}: {error['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

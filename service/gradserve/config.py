@@ -28,8 +28,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         64 * MiB, gt=0, description="Largest HTTP request body (JSON); 413 past it, before reading it all."
     )
+    # 0 follows max_body_bytes, so lowering that one bounds every HTTP body; set this
+    # to take large binary tensors while JSON bodies (parsed whole) stay small.
     max_binary_body_bytes: int = Field(
-        64 * MiB, gt=0, description="Largest HTTP body for V2 binary-extension requests."
+        0,
+        ge=0,
+        description="Largest HTTP body for V2 binary-extension requests; 0: max_body_bytes.",
     )
     grpc_max_message_bytes: int = Field(64 * MiB, gt=0, description="Largest gRPC message, received or sent.")
     # HTTP/2 streams a client may open on one connection (grpcio's own default is

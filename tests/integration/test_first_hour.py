@@ -240,6 +240,34 @@ def test_environment_variables_are_unchanged(monkeypatch: pytest.MonkeyPatch) ->
     assert settings_from_args(build_parser().parse_args(["serve", "--batching"])).batching is True
 
 
+@pytest.mark.parametrize(
+    ("env", "argv", "said"),
+    [
+        (
+            {"GRADSERVE_MAX_BODY_BYTES": "abc"},
+            [],
+            "GRADSERVE_MAX_BODY_BYTES='abc': Input should be a valid integer",
+        ),
+        ({"GRADSERVE_BATCHING": "maybe"}, [], "GRADSERVE_BATCHING='maybe'"),
+        ({}, ["--max-body-bytes", "-5"], "--max-body-bytes=-5: Input should be greater than 0"),
+    ],
+)
+def test_a_bad_setting_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    argv: list[str],
+    said: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_:
+        settings_from_args(build_parser().parse_args(["serve", *argv]))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
 def test_every_boolean_setting_has_its_off_switch() -> None:
     parser = build_parser()
     for name, field in Settings.model_fields.items():

@@ -384,3 +384,19 @@ def test_body_limits_follow_the_header(server_factory: Any) -> None:
         bomb = gzip.compress(b" " * 200_000)  # small on the wire, over the limit inflated
         r = client.post("/v2/models/relu/infer", content=bomb, headers={"Content-Encoding": "gzip"})
         assert r.status_code == 413
+
+
+def test_binary_bodies_follow_max_body_bytes_by_default(server_factory: Any) -> None:
+    # Lowering max_body_bytes bounds binary V2 bodies too, unless max_binary_body_bytes
+    # is set (API.md section 5: a setting raises the limit for binary traffic).
+    proc = server_factory("--max-body-bytes", "2000", "--grpc-port", "0")
+    x = np.zeros(4000, np.float32)
+    head = {
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [4000], "parameters": {"binary_data_size": x.nbytes}}
+        ]
+    }
+    content, headers = binary_body(head, x.tobytes())
+    with httpx.Client(base_url=proc.url, timeout=30) as client:
+        r = client.post("/v2/models/relu/infer", content=content, headers=headers)
+        assert r.status_code == 413 and "limit of 2000" in r.json()["error"]

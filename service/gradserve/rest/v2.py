@@ -119,7 +119,8 @@ def infer_handler(
     async def infer(request: Request) -> Response:
         spec = model(request)  # 404 before reading a byte of the body
         header = request.headers.get(_HEADER_LENGTH)
-        limit = settings.max_binary_body_bytes if header is not None else settings.max_body_bytes
+        binary_limit = settings.max_binary_body_bytes or settings.max_body_bytes
+        limit = binary_limit if header is not None else settings.max_body_bytes
         # Binary tensor data starts right after the JSON header: have it land aligned.
         ok = header is not None and header.isascii() and header.strip().isdigit() and len(header) <= 18
         align = int(header) if ok and header is not None else 0
