@@ -1,6 +1,6 @@
 """Activations and their gradients with the asynchronous clients (HTTP and gRPC), concurrently.
 
-python examples/activation_async.py [--url http://localhost:8000] [--grpc localhost:8001]
+.venv/bin/python examples/activation_async.py [--url http://localhost:8000] [--grpc localhost:8001]
 """
 
 from __future__ import annotations

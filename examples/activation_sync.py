@@ -1,6 +1,6 @@
 """Activations and their gradients with the synchronous clients (HTTP and gRPC).
 
-python examples/activation_sync.py [--url http://localhost:8000] [--grpc localhost:8001]
+.venv/bin/python examples/activation_sync.py [--url http://localhost:8000] [--grpc localhost:8001]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Weight initialization with the asynchronous clients (HTTP and gRPC): small vs big
 normal init, the lecture's two failure modes, side by side.
 
-    python examples/init_async.py [--url http://localhost:8000] [--grpc localhost:8001]
+    .venv/bin/python examples/init_async.py [--url http://localhost:8000] [--grpc localhost:8001]
 """
 
 from __future__ import annotations

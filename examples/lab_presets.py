@@ -1,6 +1,6 @@
 """The lecture's five cases side by side: activation statistics of a 10-layer net.
 
-python examples/lab_presets.py [--url http://localhost:8000] [--grpc localhost:8001] [--markdown]
+.venv/bin/python examples/lab_presets.py [--url http://localhost:8000] [--grpc localhost:8001] [--markdown]
 
 Each case runs the lab's ``activation_stats`` op (depth 10, width 500, batch 1000,
 seed 0) on the server and prints, per layer, the std of the activations; then, per
