@@ -48,10 +48,9 @@ def v2_dtype(datatype: object, where: str) -> DType:
     """V2 datatype string -> our dtype, or a 422 naming the input (API.md section 4:
     invalid dtypes are 422 on every transport, as in the native API)."""
     if not isinstance(datatype, str) or datatype not in V2_ITEMSIZE:
-        raise InvalidInput(
-            f"{where}: unknown datatype {datatype!r}; expected one of {', '.join(BY_V2)}",
-            code="unknown_dtype",
-        )
+        # protobuf has no "missing": an unset datatype arrives as "" over gRPC.
+        what = "has no datatype" if datatype == "" else f"unknown datatype {datatype!r}"
+        raise InvalidInput(f"{where}: {what}; expected one of {', '.join(BY_V2)}", code="unknown_dtype")
     dtype = BY_V2.get(datatype)
     if dtype is None:
         raise InvalidInput(
