@@ -25,7 +25,13 @@ from gradserve.tracing import CURRENT, RequestContext
 
 if TYPE_CHECKING:
     from gradserve.metrics import Metrics
-from gradserve.validation import Limits, resolve_outputs, validate_params, validate_tensors
+from gradserve.validation import (
+    Limits,
+    resolve_outputs,
+    unify_float_dtypes,
+    validate_params,
+    validate_tensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +151,14 @@ class Engine:
         checked_params = validate_params(
             spec, params, lenient=lenient, ignore_unknown=lenient, limits=self.limits
         )
-        checked = validate_tensors(spec, tensors, limits=self.limits)
+        checked = validate_tensors(spec, tensors, limits=self.limits, unify=False)
         if spec.work is not None:
             self._check_work(spec, checked_params)
         if spec.check is not None:
+            # On the values as sent: a float64 target of 1.000000001 is outside bce's
+            # [0, 1] even though a float32 input would round it to 1.
             spec.check(checked, checked_params)
+        checked = unify_float_dtypes(checked)
         if spec.intermediate is not None:
             what, count = spec.intermediate(checked, checked_params)
             if count > self.limits.max_elements:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from gradserve.codecs.numbers import check_shape_size, int64_range
+from gradserve.codecs.numbers import DECIMAL, INTEGER, check_shape_size, int64_range
 from gradserve.errors import InvalidInput, RequestTooLarge
 from gradserve.near_miss import closest
 from gradserve.ops.registry import OpSpec, ParamSpec, TensorSpec
@@ -96,8 +96,11 @@ def _coerce_number(spec: ParamSpec, value: Any, lenient: bool) -> float | int:
             if len(value) > 40:  # int() of a long digit string is quadratic
                 raise ValueError
             # "3.0" for an int param goes the way JSON's 3.0 does (below): accepted.
-            digits = value.strip().lstrip("+-").isdigit()
-            value = int(value) if spec.type == "int" and digits else float(value)
+            # JSON's number syntax only: not "1_000" or "２", which int() and float() take.
+            text = value.strip()
+            if not DECIMAL.fullmatch(text):
+                raise ValueError
+            value = int(text) if spec.type == "int" and INTEGER.fullmatch(text) else float(text)
         except ValueError:
             raise InvalidInput(f"{name}: expected {kind}, got {_show(value)}", code="bad_param") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -128,7 +131,7 @@ def _coerce_shape(spec: ParamSpec, value: Any, limits: Limits) -> tuple[int, ...
             raise RequestTooLarge(f"{name}: more than {limits.max_dims} dimensions")
         try:
             # Each part is short: int() of a huge digit string costs quadratic time.
-            if any(len(p) > 20 for p in parts):
+            if any(len(p) > 20 or not INTEGER.fullmatch(p) for p in parts):
                 raise ValueError
             value = [int(p) for p in parts]
         except ValueError:
@@ -236,9 +239,11 @@ def _check_dtype(spec: OpSpec, t: TensorSpec, tensor: torch.Tensor) -> torch.Ten
 
 
 def validate_tensors(
-    spec: OpSpec, raw: Mapping[str, torch.Tensor], *, limits: Limits
+    spec: OpSpec, raw: Mapping[str, torch.Tensor], *, limits: Limits, unify: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Names, dtypes and limits; float inputs are cast to the primary input's dtype."""
+    """Names, dtypes and limits; float inputs are cast to the primary input's dtype
+    (``unify_float_dtypes``) unless ``unify`` is False: the engine runs the op's value
+    checks on the tensors as sent first, then unifies."""
     unknown = [k for k in raw if k not in spec.input_index]
     if unknown:
         raise InvalidInput(
@@ -257,15 +262,35 @@ def validate_tensors(
             f"input {t.name!r}", list(tensor.shape), limits.max_elements, max_dims=limits.max_dims
         )
         tensors[t.name] = _check_dtype(spec, t, tensor)
-    # One float dtype per request: the primary (first float) input's. Mixed float
-    # dtypes are cast to it rather than refused, as torch's type promotion would not
-    # keep "same dtype out" otherwise.
+    return unify_float_dtypes(tensors) if unify else tensors
+
+
+def unify_float_dtypes(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One float dtype per request: the primary (first float) input's. Mixed float
+    dtypes are cast to it rather than refused, as torch's type promotion would not keep
+    "same dtype out" otherwise. A finite value that the cast makes infinite (70000 in a
+    float64 target beside a float16 input) is out of range, as the codecs say of any
+    value beyond its dtype: 422, never a silent inf."""
     floats = [n for n, v in tensors.items() if v.is_floating_point()]
-    if floats:
-        primary = tensors[floats[0]].dtype
-        for n in floats[1:]:
-            if tensors[n].dtype != primary:
-                tensors[n] = tensors[n].to(primary)
+    if not floats:
+        return tensors
+    first = floats[0]
+    primary = tensors[first].dtype
+    for n in floats[1:]:
+        tensor = tensors[n]
+        if tensor.dtype == primary:
+            continue
+        cast = tensor.to(primary)
+        if torch.finfo(primary).max < torch.finfo(tensor.dtype).max and bool(
+            (torch.isinf(cast) & torch.isfinite(tensor)).any()
+        ):
+            raise InvalidInput(
+                f"input {n!r}: a value is beyond the range of {str(primary).removeprefix('torch.')}, "
+                f"the dtype of input {first!r} (a request's float inputs are computed in its "
+                "first float input's dtype)",
+                code="value_out_of_range",
+            )
+        tensors[n] = cast
     return tensors
 
 

@@ -185,11 +185,14 @@ async def test_bad_params_are_422_naming_the_param(
 
 
 async def test_overflowing_nets_answer_ieee_values(app_client: httpx.AsyncClient) -> None:
-    # A std that float32 holds but whose products overflow: the net's activations
-    # become NaN (inf - inf in the matmul); that is the experiment's answer, not a 4xx.
-    out = await _stats(app_client, std=3e38, depth=2, width=16, batch=8)
+    # A std whose draws fit float32 (10 std below its largest value: the init check) but
+    # whose products overflow: relu passes inf on, and the next layer's matmul makes NaN
+    # (inf - inf). That is the experiment's answer, not a 4xx.
+    out = await _stats(app_client, std=3e37, activation="relu", depth=3, width=256, batch=8)
     # The histogram counts the finite values only.
-    assert np.all(np.isnan(out["std"])) and out["hist"].sum() < 2 * 16 * 8
+    assert np.isnan(out["std"][-1]) and out["hist"].sum() < 3 * 256 * 8
+    refused = await app_client.post(ROUTE, json={"std": 3e38, "depth": 2, "width": 16, "batch": 8})
+    assert refused.status_code == 422 and "overflow" in refused.json()["error"]["message"]
 
 
 async def test_wrong_family_and_method(app_client: httpx.AsyncClient) -> None:

@@ -215,6 +215,37 @@ ERRORS = [
     ),
     ("/v1/losses/cross_entropy", {"input": [[1.0, 2.0]], "target": [-3]}, 422, "invalid_input", ["target"]),
     ("/v1/losses/bce", {"input": [0.5, 1.5], "target": [0.0, 1.0]}, 422, "invalid_input", ["input"]),
+    # Mixed float dtypes are computed in the first float input's: a value the cast would
+    # make inf is out of range, and the op's checks see the values as sent.
+    (
+        "/v1/losses/l1",
+        {
+            "input": {"dtype": "float16", "shape": [1], "data": [1.0]},
+            "target": {"dtype": "float64", "shape": [1], "data": [70000]},
+        },
+        422,
+        "value_out_of_range",
+        ["'target'", "float16", "'input'"],
+    ),
+    (
+        "/v1/losses/bce",
+        {"input": [0.5], "target": {"dtype": "float64", "shape": [1], "data": [1.000000001]}},
+        422,
+        "invalid_input",
+        ["target", "[0, 1]"],
+    ),
+    (
+        "/v1/losses/nll",
+        {
+            "input": [[1.0, 2.0]],
+            "target": {"dtype": "int64", "shape": [1], "data": [9.223372036854776e18]},
+            "ignore_index": -(2**63),
+        },
+        422,
+        "value_out_of_range",
+        ["'target'", "int64"],
+    ),
+    ("/v1/activations/relu", {"x": ["1e400"]}, 422, "value_out_of_range", ["'x'", "float64"]),
     ("/v1/losses/bce", {"input": [0.5, "NaN"], "target": [0.0, 1.0]}, 422, "invalid_input", ["input"]),
     (
         "/v1/losses/mse",

@@ -398,6 +398,16 @@ def test_uniform_half_open_in_half(op: str, overrides: dict[str, Any], dtype: st
     assert_moments(w, (low + high) / 2, (high - low) / math.sqrt(12))
 
 
+def test_a_normal_that_would_overflow_its_dtype_is_refused() -> None:
+    # std 60,000 in float16 (largest 65,504) answered inf for about one draw in three.
+    rejects("normal", "mean, std", shape=[8], std=60_000.0, dtype="float16")
+    rejects("xavier_normal", "gain", shape=[1, 1], gain=60_000.0, dtype="float16")
+    rejects("normal", "mean, std", shape=[8], mean=3.3e38, std=1e37, dtype="float32")
+    check("normal", shape=[8], std=6_000.0, dtype="float16")  # 10 std fit: accepted
+    w = run("normal", shape=[10_000], std=6_000.0, dtype="float16", seed=3)["weight"]
+    assert torch.isfinite(w).all()
+
+
 def test_uniform_range_must_fit_and_hold_a_value_of_the_dtype() -> None:
     # bound sqrt(3) * 50,000 overflows float16 (largest 65,504): the answer would be inf.
     rejects("xavier_uniform", "gain", shape=[1, 1], gain=50_000.0, dtype="float16")

@@ -86,6 +86,22 @@ def test_refusals_name_the_input(values: Any, needle: str) -> None:
     assert len(info.value.message) < 300
 
 
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("1e400", "beyond the float64 range"),  # finite as written: never a silent inf
+        ("1_000", "'1_000'"),  # Python's float() takes these; no JSON number is written so
+        (" 3 ", "' 3 '"),
+        ("\uff12", "'\uff12'"),  # a full-width 2
+        ("0x10", "'0x10'"),
+    ],
+)
+def test_numbers_as_strings_follow_json_number_syntax(text: str, needle: str) -> None:
+    with pytest.raises(InvalidInput, match=needle):
+        parse([text])
+    assert parse(["-1.5e3", "+2", ".5", "7."]).tolist() == [-1500.0, 2.0, 0.5, 7.0]
+
+
 def test_strings_refused_where_not_allowed() -> None:
     with pytest.raises(InvalidInput):
         parse(["NaN"], strings=False)
@@ -123,6 +139,12 @@ def test_to_torch_ranges() -> None:
     with pytest.raises(InvalidInput, match="integer values"):
         to_torch("x", np.array([1.5]), torch.int64)
     assert to_torch("x", np.array([3.0]), torch.int64).dtype == torch.int64
+    # 2**63 as a float: int64's top (2**63 - 1) rounds to it in float64, and the cast
+    # used to wrap it to -2**63 (an ignore_index of -2**63 then dropped the row).
+    with pytest.raises(InvalidInput, match="int64"):
+        to_torch("x", np.array([9.223372036854776e18, 0.0]), torch.int64)
+    assert to_torch("x", np.array([-9.223372036854776e18]), torch.int64).item() == -(2**63)
+    assert to_torch("x", np.array([], dtype=np.float64), torch.int64).numel() == 0
     assert to_torch("x", np.array(2.0), torch.float32).shape == ()
 
 

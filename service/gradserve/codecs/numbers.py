@@ -15,6 +15,7 @@ then are the numbers converted, each string at most ``MAX_STRING_CHARS`` long.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,6 +38,11 @@ _NONFINITE = {
     "-inf": -math.inf,
 }
 _INT64 = (-(2**63), 2**63 - 1)
+# A number written as a string: JSON's own number syntax (a sign allowed), ASCII digits
+# only. Python's float() and int() also take "1_000", surrounding spaces and other
+# scripts' digits ("２"), which no JSON number is.
+DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 
 
 def spanned_elements(shape: tuple[int, ...] | list[int]) -> int:
@@ -103,12 +109,14 @@ def _string_value(where: str, text: str) -> float:
             'only for "NaN", "Infinity" and "-Infinity"',
             code="bad_tensor",
         )
-    try:
-        return float(text)
-    except ValueError:
+    if not DECIMAL.fullmatch(text):
         raise InvalidInput(
             f"{where}: elements must be numbers, got {text[:MAX_STRING_CHARS]!r}", code="bad_tensor"
-        ) from None
+        )
+    value = float(text)
+    if math.isinf(value):  # "1e400": finite as written, past float64 as read
+        raise InvalidInput(f"{where}: {text!r} is beyond the float64 range", code="value_out_of_range")
+    return value
 
 
 def json_array(
@@ -214,7 +222,13 @@ def to_torch(where: str, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         raise InvalidInput(
             f"{where}: dtype {str(dtype).removeprefix('torch.')} needs integer values", code="bad_tensor"
         )
-    if array.size and (array.min() < info.min or array.max() > info.max):
+    # For a float array the top is exclusive: info.max (2**63 - 1) rounds to 2**63 in
+    # float64, so "> info.max" let 2**63 through, and astype wrapped it to -2**63.
+    top_exclusive = array.dtype.kind == "f"
+    if array.size and (
+        array.min() < info.min
+        or (array.max() >= float(info.max) + 1 if top_exclusive else array.max() > info.max)
+    ):
         raise InvalidInput(
             f"{where}: a value is outside the range of {str(dtype).removeprefix('torch.')} "
             f"[{info.min}, {info.max}]",

@@ -43,6 +43,9 @@ _MAX_ELEMENTS = 2**63 - 1
 # Beyond this many std between mean and [a, b] the normal CDF underflows float64 (~37.5)
 # and a truncated draw cannot be told apart from its nearest bound.
 TRUNC_MAX_STDS = 30.0
+# How far (in std) a normal draw must fit its dtype: P(|z| > 10) is about 1.5e-23.
+NORMAL_MAX_STDS = 10.0
+_NORMAL_OPS = frozenset({"normal", "xavier_normal", "kaiming_normal"})
 
 # Ops whose std depends on fans: they need [fan_out, fan_in, *kernel] with no zero dim.
 _FAN_OPS = frozenset({"xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform", "orthogonal"})
@@ -201,6 +204,18 @@ def _check_values(op_name: str, params: Mapping[str, Any], dtype: torch.dtype) -
         )
     if not _fits(target_std(op_name, params), dtype):
         raise InvalidInput(f"{blame}: the target std overflows {params['dtype']}")
+    if op_name in _NORMAL_OPS:
+        # A normal draw is unbounded: std 60,000 in float16 (largest 65,504) answered
+        # inf for about one element in three. Refuse a distribution whose mean plus
+        # NORMAL_MAX_STDS std (a draw past it: about 1 in 1e23) does not fit the dtype.
+        mean = float(params.get("mean", 0.0))
+        reach = abs(mean) + NORMAL_MAX_STDS * target_std(op_name, params)
+        if not reach <= torch.finfo(dtype).max:
+            raise InvalidInput(
+                f"{blame}: N({mean:g}, {target_std(op_name, params):g}^2) reaches past the largest "
+                f"finite {params['dtype']} ({torch.finfo(dtype).max:g}) within {NORMAL_MAX_STDS:g} std; "
+                "its draws would overflow to inf"
+            )
     if span is not None and compute_dtype(dtype) != dtype:
         # Drawn in float32 and rounded to dtype (see _draw): the range must fit dtype and
         # hold at least one of its values, or the answer would be inf or outside it.
