@@ -112,6 +112,16 @@ async def test_infer_loss_params_and_typed_contents(channel: grpc.aio.Channel) -
     np.testing.assert_allclose(out["grad_input"], xt.grad.numpy(), rtol=1e-5)
 
 
+async def test_typed_contents_in_the_wrong_field_are_named(channel: grpc.aio.Channel) -> None:
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    request = pb.ModelInferRequest(model_name="relu")
+    request.inputs.add(name="x", datatype="FP32", shape=[2]).contents.fp64_contents.extend([1.0, 2.0])
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "FP32 data goes in contents.fp32_contents, not fp64_contents" in str(info.value.details())
+
+
 async def test_infer_init_shape_param_and_input(channel: grpc.aio.Channel) -> None:
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
     a = pb.ModelInferRequest(model_name="xavier_uniform")

@@ -133,8 +133,15 @@ def decode_grpc_request(
             )
         values = getattr(item.contents, field_name)
         if len(values) != count:
+            # Data in another contents field (fp64_contents for an FP32 input) is the
+            # usual cause: say so rather than only "has 0 elements".
+            others = [f.name for f, _ in item.contents.ListFields() if f.name != field_name]
+            hint = (
+                f"; {dtype.v2} data goes in contents.{field_name}, not {', '.join(others)}" if others else ""
+            )
             raise InvalidInput(
-                f"{where}: contents.{field_name} has {len(values)} elements but shape {list(shape)} needs {count}",
+                f"{where}: contents.{field_name} has {len(values)} elements but shape {list(shape)} "
+                f"needs {count}{hint}",
                 code="shape_mismatch",
             )
         assert dtype.numpy is not None
