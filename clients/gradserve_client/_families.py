@@ -124,7 +124,8 @@ class SyncFamilies:
         """Run any op with named tensors and params.
 
         ``outputs`` names the outputs to return (gradients included); without it the
-        op's plain outputs come back, plus the gradients when ``grad``.
+        op's plain outputs come back, plus the gradients when ``grad``. Given, it wins
+        over ``grad``: ``outputs=["y"], grad=True`` returns ``y`` alone.
         """
         return self._run(op, _core.encode_inputs(inputs), params or {}, outputs, grad, timeout_s)
 

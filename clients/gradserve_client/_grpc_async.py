@@ -28,7 +28,7 @@ from gradserve_client._core import (
     ServerMetadata,
 )
 from gradserve_client._families import AsyncFamilies
-from gradserve_client._grpc_common import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, _GrpcCommon
+from gradserve_client._grpc_common import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, _GrpcCommon, closed_error
 from gradserve_client._http import AsyncClient
 from gradserve_client._stream_sync import AsyncStreaming
 from gradserve_client._tls import PemPath
@@ -78,7 +78,8 @@ class AsyncGrpcClient(_GrpcCommon, AsyncStreaming, AsyncFamilies):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the channel."""
+        """Close the channel. A call in flight then raises ``ServerError`` (CANCELLED),
+        and so does every later call; ``live()`` and ``ready()`` return False."""
         self._closed = True
         await self._channel.close()
 
@@ -137,19 +138,39 @@ class AsyncGrpcClient(_GrpcCommon, AsyncStreaming, AsyncFamilies):
         return await self._health(self._stub.ModelReady, self._pb.ModelReadyRequest(name=op), "ready")
 
     async def _health(self, method: Any, request: Any, field: str) -> bool:
+        if self._closed:
+            return False
         try:
             return bool(
                 getattr(await method(request, timeout=self.timeout_s, metadata=self._call_metadata), field)
             )
         except grpc.RpcError:
             return False
+        except (asyncio.CancelledError, grpc.aio.UsageError):
+            if self._closed_under_call():
+                return False
+            raise
 
     async def _call(self, method: Any, request: Any, deadline: Deadline) -> Any:
         attempt = 0
         while True:
             attempt += 1
+            if self._closed:
+                raise closed_error(attempt)
             try:
                 return await method(request, timeout=deadline.check(), metadata=self._call_metadata)
             except grpc.RpcError as exc:
                 error = self._rpc_error(exc, deadline)
+            except (asyncio.CancelledError, grpc.aio.UsageError):
+                if self._closed_under_call():
+                    raise closed_error(attempt) from None
+                raise
             await asyncio.sleep(self._after_failure(error, attempt, deadline))
+
+    def _closed_under_call(self) -> bool:
+        """Whether a call that ended in CancelledError (or grpc.aio's UsageError) ended so
+        because this client was closed: grpc.aio cancels the calls of a channel it closes,
+        and refuses new ones. A CancelledError of the caller's own task (``task.cancel()``,
+        ``asyncio.timeout``) is the caller's, and propagates."""
+        task = asyncio.current_task()
+        return self._closed and (task is None or not task.cancelling())

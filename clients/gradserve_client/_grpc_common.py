@@ -19,12 +19,53 @@ import grpc
 from gradserve_client import _core, _grpc_wire, _tls
 from gradserve_client._core import Deadline, InferRequest, ModelMetadata, ParamValue, RetryPolicy
 from gradserve_client._tls import PemPath
-from gradserve_client.errors import GradserveError
+from gradserve_client.errors import GradserveError, InvalidInputError, ServerError
 
 log = logging.getLogger("gradserve_client")
 
 DEFAULT_TARGET = "localhost:8001"
 DEFAULT_TIMEOUT_S = 30.0
+#: What a call on a closed client raises (``ServerError``, CANCELLED), as its stream does.
+CLOSED_MESSAGE = "the client is closed"
+#: The channel's reconnect backoff (grpcio's defaults: 1 s, growing 1.6x per failed
+#: connect up to 120 s). After an outage of a few seconds grpcio would wait out that
+#: backoff before it connects again, failing every call meanwhile with UNAVAILABLE and
+#: spending the SDK's own retries (about a second of backoff in all) long before the
+#: channel tries again. At most 1 s between connects, it reconnects within about a
+#: second of the server's return. (``grpc.min_reconnect_backoff_ms`` is left at its
+#: default: despite its name it is grpc-core's minimum connect timeout, 20 s, and a
+#: short one would fail slow TLS handshakes.)
+RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
+
+def closed_error(attempts: int = 1) -> ServerError:
+    """The error of a call on (or cut short by) a closed client: final, never retried."""
+    error = ServerError(CLOSED_MESSAGE, grpc_code="CANCELLED")
+    error.attempts = attempts
+    return error
+
+
+def check_metadata(metadata: Sequence[tuple[str, str]]) -> None:
+    """Refuse, before anything is sent, metadata that grpc-core would refuse at call time
+    (as ``ServerError('Invalid metadata')``): a key that is not lowercase ASCII letters,
+    digits and ``-_.``, or a text value with a character outside printable ASCII
+    (a line break, say). Binary (``-bin``) values are bytes and may hold anything."""
+    # grpc-core's own check (validate_metadata.cc); a call carrying such metadata
+    # would fail only once sent, as INTERNAL "Invalid metadata".
+    for key, value in metadata:
+        if not isinstance(key, str) or not key or any(c not in _KEY_CHARS for c in key):
+            raise InvalidInputError(f"illegal metadata key {key!r}")
+        if key.endswith("-bin"):
+            continue
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        if not isinstance(text, str) or any(not " " <= c <= "~" for c in text):
+            raise InvalidInputError(f"illegal metadata value for {key!r}: {value!r}")
+
+
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
 class _GrpcCommon:
@@ -49,6 +90,7 @@ class _GrpcCommon:
         self._call_metadata = tuple(metadata or ()) + (
             (("authorization", authorization),) if authorization is not None else ()
         )
+        check_metadata(self._call_metadata)
         # For ops(), which reads the catalog over HTTP with the same key and TLS files.
         self._http_security: dict[str, Any] = {"api_key": api_key, **tls_files}
         self._metadata: dict[str, ModelMetadata] = {}
@@ -63,6 +105,7 @@ class _GrpcCommon:
             # past it); a client-side cap would only add a second, different one.
             ("grpc.max_send_message_length", -1),
             ("grpc.max_receive_message_length", -1),
+            *RECONNECT_OPTIONS,
             *options,
         ]
 

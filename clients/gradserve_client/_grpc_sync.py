@@ -27,7 +27,7 @@ from gradserve_client._core import (
     ServerMetadata,
 )
 from gradserve_client._families import SyncFamilies
-from gradserve_client._grpc_common import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, _GrpcCommon
+from gradserve_client._grpc_common import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, _GrpcCommon, closed_error
 from gradserve_client._http import Client
 from gradserve_client._stream_sync import Streaming
 from gradserve_client._tls import PemPath
@@ -39,7 +39,7 @@ class GrpcClient(_GrpcCommon, Streaming, SyncFamilies):
     Args:
         target: the server's gRPC address, ``host:port``.
         timeout_s: default timeout of each call (the gRPC deadline), retries included.
-        retry: the retry policy (default: up to 3 retries on overload/unavailability).
+        retry: the retry policy (default: up to 5 retries on overload/unavailability).
         catalog_url: the server's HTTP base URL, used only by ``ops()``.
         credentials: TLS credentials, for full control; the options below cover the
             usual cases. Without any of them the channel is plain text.
@@ -94,7 +94,8 @@ class GrpcClient(_GrpcCommon, Streaming, SyncFamilies):
         self.close()
 
     def close(self) -> None:
-        """Close the channel."""
+        """Close the channel. A call in flight then raises ``ServerError`` (CANCELLED),
+        and so does every later call; ``live()`` and ``ready()`` return False."""
         self._closed = True
         self._channel.close()
 
@@ -171,17 +172,29 @@ class GrpcClient(_GrpcCommon, Streaming, SyncFamilies):
         )
 
     def _health(self, probe: Callable[[float], bool]) -> bool:
+        if self._closed:
+            return False
         try:
             return bool(probe(self.timeout_s))
         except grpc.RpcError:
             return False
+        except ValueError:  # "Cannot invoke RPC on closed channel!": closed meanwhile
+            if self._closed:
+                return False
+            raise
 
     def _call(self, method: Any, request: Any, deadline: Deadline) -> Any:
         attempt = 0
         while True:
             attempt += 1
+            if self._closed:
+                raise closed_error(attempt)
             try:
                 return method(request, timeout=deadline.check(), metadata=self._call_metadata)
             except grpc.RpcError as exc:
                 error = self._rpc_error(exc, deadline)
+            except ValueError:  # "Cannot invoke RPC on closed channel!": closed meanwhile
+                if self._closed:
+                    raise closed_error(attempt) from None
+                raise
             time.sleep(self._after_failure(error, attempt, deadline))

@@ -56,7 +56,7 @@ class Client(_HttpCommon, SyncFamilies):
     Args:
         url: the server's HTTP base URL.
         timeout_s: default timeout of each call, retries and backoff included.
-        retry: the retry policy (default: up to 3 retries on overload/unavailability).
+        retry: the retry policy (default: up to 5 retries on overload/unavailability).
         binary: send tensors with the V2 binary tensor extension (default) or as JSON.
         transport: an httpx transport to use instead of the network (e.g.
             ``httpx.MockTransport``); the calls then go through httpx.
@@ -113,7 +113,9 @@ class Client(_HttpCommon, SyncFamilies):
         self.close()
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool. Every later call raises ``ServerError``;
+        ``live()`` and ``ready()`` return False."""
+        self._closed = True
         self._sender.close()
 
     # -- ops (the methods are SyncFamilies') ---------------------------------------
@@ -172,6 +174,8 @@ class Client(_HttpCommon, SyncFamilies):
         return self._health(f"{_core.model_path(op)}/ready")
 
     def _health(self, path: str) -> bool:
+        if self._closed:
+            return False
         try:
             return self._sender.send("GET", path, {}, b"", self.timeout_s).status == 200
         except GradserveError:
@@ -183,6 +187,7 @@ class Client(_HttpCommon, SyncFamilies):
         attempt = 0
         while True:
             attempt += 1
+            self._check_open(attempt)
             left = deadline.check()  # each attempt gets the time the call has left
             try:
                 outcome = self._outcome(

@@ -39,7 +39,7 @@ class Answer:
     keep_alive: bool
 
 
-def _check_header(name: str, value: str) -> None:
+def check_header(name: str, value: str) -> None:
     # A CR or LF would split the header block: refuse it, as httpx did (LocalProtocolError).
     if any(c in name for c in "\r\n:") or not name or any(c in value for c in "\r\n"):
         raise InvalidInputError(f"illegal header {name!r}: {value!r}")
@@ -79,7 +79,7 @@ class Origin:
         lines = []
         for name, value in merged.items():
             try:
-                _check_header(name, str(value))
+                check_header(name, str(value))
             except InvalidInputError as exc:
                 self.error = self.error or exc
             lines.append(f"{name}: {value}\r\n")

@@ -87,7 +87,9 @@ class AsyncClient(_HttpCommon, AsyncFamilies):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool. Every later call raises ``ServerError``;
+        ``live()`` and ``ready()`` return False."""
+        self._closed = True
         if isinstance(self._sender, AsyncPool):
             self._sender.close()
         elif self._sender is not None:
@@ -143,6 +145,8 @@ class AsyncClient(_HttpCommon, AsyncFamilies):
 
     async def _health(self, path: str) -> bool:
         assert self._sender is not None
+        if self._closed:
+            return False
         try:
             return (await self._sender.send("GET", path, {}, b"", self.timeout_s)).status == 200
         except GradserveError:
@@ -153,6 +157,7 @@ class AsyncClient(_HttpCommon, AsyncFamilies):
         attempt = 0
         while True:
             attempt += 1
+            self._check_open(attempt)
             left = deadline.check()  # each attempt gets the time the call has left
             try:
                 outcome = self._outcome(

@@ -17,7 +17,7 @@ from typing import Any
 
 from gradserve_client import _core, _tls
 from gradserve_client._core import Deadline, HttpRequest, InferRequest, ModelMetadata, ParamValue, RetryPolicy
-from gradserve_client._http11 import Answer, Origin
+from gradserve_client._http11 import Answer, Origin, check_header
 from gradserve_client._tls import PemPath
 from gradserve_client.errors import GradserveError, ServerError
 
@@ -35,6 +35,8 @@ DEFAULT_KEEPALIVE_EXPIRY_S = 4.0
 #: idle connection is kept (until its expiry): closing some after each burst, as
 #: httpx's 20 keep-alive connections did, made calls 21 and up reconnect every time.
 DEFAULT_MAX_CONNECTIONS = 100
+#: What a call on a closed client raises (``ServerError``, final), as the gRPC clients do.
+CLOSED_MESSAGE = "the client is closed"
 
 
 class _HttpCommon:
@@ -59,14 +61,25 @@ class _HttpCommon:
         self.retry = retry if retry is not None else RetryPolicy()
         self.binary = binary
         self._metadata: dict[str, ModelMetadata] = {}
+        self._closed = False  # set by close(): every later call fails in _check_open
 
     @staticmethod
     def _headers(headers: Mapping[str, str] | None, api_key: str | None) -> dict[str, str]:
+        """The constant headers, refused here (``InvalidInputError``) if one has a line
+        break or an illegal name: it would split the request's header block."""
         merged = dict(headers or {})
         authorization = _tls.bearer(api_key)
         if authorization is not None:
             merged["Authorization"] = authorization
+        for name, value in merged.items():
+            check_header(name, str(value))
         return merged
+
+    def _check_open(self, attempt: int) -> None:
+        if self._closed:
+            error = ServerError(CLOSED_MESSAGE)
+            error.attempts = attempt
+            raise error
 
     def _origin(
         self,

@@ -253,7 +253,7 @@ class AsyncInferStream(AsyncFamilies):
     def _open(self) -> _Call:
         """The live rpc, or a fresh one if the last has ended (or none was opened)."""
         if self._closing or self._client._closed:
-            raise ServerError("the stream (or its client) is closed")
+            raise ServerError("the stream (or its client) is closed", grpc_code="CANCELLED")
         call = self._call
         if call is None or call.ended:
             self._calls_opened += 1
@@ -279,7 +279,7 @@ class AsyncInferStream(AsyncFamilies):
             make_error = functools.partial(self._ended_error, exc, call)
             lost = status_lost(exc)
         except asyncio.CancelledError:  # this client cancelled the rpc (aclose)
-            make_error = functools.partial(ServerError, "the stream was closed")
+            make_error = functools.partial(ServerError, "the stream was closed", grpc_code="CANCELLED")
         finally:
             call.ended = True
             call.queue.put_nowait(None)  # ends the request iterator, if it still waits
@@ -300,12 +300,17 @@ class AsyncInferStream(AsyncFamilies):
             return
             yield  # an async generator that yields nothing
 
-        probe = self._method(nothing(), metadata=call.metadata, timeout=self._timeout_s)
         try:
+            probe = self._method(nothing(), metadata=call.metadata, timeout=self._timeout_s)
             async for _ in probe:
                 pass
         except grpc.RpcError as exc:
             return functools.partial(self._ended_error, exc, call)
+        except (asyncio.CancelledError, grpc.aio.UsageError):
+            # The client's channel closed under the probe (grpc.aio cancels its calls).
+            if not (self._closing or self._client._closed):
+                raise
+            return functools.partial(ServerError, "the stream was closed", grpc_code="CANCELLED")
         return functools.partial(UnavailableError, "the stream broke while a request was being sent")
 
     def _dispatch(self, call: _Call, answer: Any) -> None:

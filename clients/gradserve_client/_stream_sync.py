@@ -136,7 +136,7 @@ class InferStream(SyncFamilies):
         timeout_s: float | None,
     ) -> concurrent.futures.Future[Outputs]:
         if self._closed:
-            raise ServerError("the stream is closed")
+            raise ServerError("the stream is closed", grpc_code="CANCELLED")
         coro = self._stream.run(op, tensors, params, outputs, grad, timeout_s)
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
@@ -183,7 +183,7 @@ class InferStream(SyncFamilies):
         """Run ``calls`` with at most ``max_in_flight`` at once, answers in order; see
         ``AsyncInferStream.infer_many``."""
         if self._closed:
-            raise ServerError("the stream is closed")
+            raise ServerError("the stream is closed", grpc_code="CANCELLED")
         return self._wait(self._stream._many(calls, max_in_flight, timeout_s, return_exceptions))
 
 

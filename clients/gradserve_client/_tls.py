@@ -14,6 +14,8 @@ import os
 import ssl
 from typing import Any, TypeAlias
 
+from gradserve_client.errors import InvalidInputError
+
 #: A path to a PEM file.
 PemPath: TypeAlias = str | os.PathLike[str]
 
@@ -27,8 +29,9 @@ def bearer(api_key: str | None) -> str | None:
     """The ``Authorization`` value of a key (None: no key)."""
     if api_key is None:
         return None
-    if not api_key or any(c.isspace() for c in api_key):
-        raise ValueError("api_key must be a non-empty string without spaces")
+    if not api_key or any(c.isspace() or not " " <= c <= "~" for c in api_key):
+        # A line break would split the header (or break the gRPC metadata) it goes in.
+        raise InvalidInputError("api_key must be a non-empty string of printable ASCII without spaces")
     return f"Bearer {api_key}"
 
 
