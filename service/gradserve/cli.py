@@ -1,6 +1,6 @@
 """`gradserve serve`: settings -> runtime -> HTTP app + gRPC server on one event loop.
 
-On SIGINT/SIGTERM readiness turns 503 / NOT_SERVING at once; requests are still served
+On SIGINT/SIGTERM (and SIGHUP) readiness turns 503 / NOT_SERVING at once; requests are still served
 for the drain delay (load balancers need that long to stop routing here), then new work
 is refused, queued and running work completes (up to the drain timeout), and both
 servers stop. A second signal cuts the delay short.
@@ -26,6 +26,7 @@ import pydantic
 import uvicorn
 
 from gradserve import __version__, logs, malloc
+from gradserve.auth import KeyStore
 from gradserve.config import Settings
 
 if TYPE_CHECKING:
@@ -179,7 +180,10 @@ async def serve(settings: Settings) -> None:
     server = _Server(config, lambda sig: stopping.set())
     grpc_server = GrpcServer(runtime) if settings.grpc_enabled and settings.grpc_port else None
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP (the terminal closed, or an operator's habit of "HUP reloads") drains like
+    # SIGTERM: nothing is reloaded (keys and settings are read at start), but nothing
+    # accepted is dropped either, as the default action (exit at once) did.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stopping.set)
 
     await runtime.start()
@@ -233,6 +237,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     problem = settings.tls_problem()
     if problem is not None:
         sys.exit(f"gradserve serve: {problem}")
+    try:
+        # Read here as well as in the runtime, so that a bad key or key file is one line
+        # (the key itself is never shown), not a traceback from inside the event loop.
+        KeyStore.from_settings(settings)
+    except (ValueError, OSError) as exc:
+        sys.exit(f"gradserve serve: api keys: {exc}")
     logs.configure(settings)  # text or JSON lines on stderr
     try:
         import uvloop

@@ -202,6 +202,13 @@ class Settings(BaseSettings):
         description="Most open HTTP connections; a request on a connection past it answers 503 with "
         "Retry-After and the connection closes. Keep it under the process's open-file limit.",
     )
+    # httptools joins a header's pieces by bytes concatenation: one 99 MiB header line
+    # cost 7.7 s of CPU (quadratic) before the 401, with the event loop stalled.
+    http_max_header_bytes: int = Field(
+        65_536,
+        ge=1024,
+        description="Largest request head (request line and headers); past it 431 and close.",
+    )
     http_header_timeout_s: float = Field(
         10.0,
         gt=0,

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.conftest import ServerProcess
 
@@ -67,3 +68,25 @@ def test_bad_flag_value_fails_fast() -> None:
     assert r.returncode == 2
     assert "--http-port=-5: Input should be greater than or equal to 0" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["--api-keys", "ab cd"],
+            "api keys: an API key of 5 characters has a character outside visible ASCII",
+        ),
+        (["--api-keys-file", "/nonexistent/keys"], "api keys: [Errno 2] No such file or directory"),
+    ],
+)
+def test_bad_keys_fail_fast_in_one_line(args: list[str], said: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "gradserve", "serve", *args],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": "service", "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert said in r.stderr and "Traceback" not in r.stderr, r.stderr

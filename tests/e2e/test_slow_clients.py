@@ -91,6 +91,25 @@ def _still_serves(server: ServerProcess) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_request_head_over_the_size_limit_gets_431(server_factory: Callable[..., ServerProcess]) -> None:
+    # httptools joins a header's pieces by concatenation (quadratic): one 99 MiB line
+    # cost 7.7 s of CPU before the answer. The cap cuts it off as the bytes arrive.
+    server = server_factory("--grpc-port", "0", "--http-max-header-bytes", "4096", "--api-keys", "k" * 32)
+    line = b"GET /v1/ops HTTP/1.1\r\nHost: x\r\nX-Junk: "
+    with _connect(server) as sock:
+        # No end of headers: the server must not wait for it. (32 KiB, read by the
+        # server in full before it closes: more left unread would make its close a reset.)
+        sock.sendall(line + b"a" * 32768)
+        answer = _read_to_close(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert b"headers_too_large" in answer and b"4096" in answer
+    # A head under the limit is served as usual (a 401 here: no key).
+    with _connect(server) as sock:
+        sock.sendall(line + b"a" * 3000 + b"\r\nConnection: close\r\n\r\n")
+        assert _read_to_close(sock).startswith(b"HTTP/1.1 401")
+
+
+@pytest.mark.timeout(60)
 def test_headers_a_byte_a_second_are_cut_off(guarded: ServerProcess) -> None:
     request = b"POST /v1/activations/relu HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" * 10
     with _connect(guarded) as sock:

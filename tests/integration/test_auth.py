@@ -190,6 +190,22 @@ async def test_every_rpc_refuses_a_missing_or_wrong_key(keyed: Keyed) -> None:
             assert good != grpc.StatusCode.UNAUTHENTICATED, method.name
 
 
+async def test_two_authorization_values_are_no_key_on_either_transport(keyed: Keyed) -> None:
+    # RFC 9110 allows one Authorization line: two, in either order, are refused, rather
+    # than HTTP taking the last and gRPC the first.
+    good, bad = f"Bearer {KEY}", "Bearer wrong"
+    for pair in ([good, bad], [bad, good], [good, good]):
+        headers = [("Authorization", value) for value in pair]
+        r = await keyed.http.post("/v1/activations/relu", json={"x": [1.0]}, headers=headers)
+        assert r.status_code == 401, (pair, r.text)
+    infer = SERVICE.methods_by_name["ServerMetadata"]
+    async with grpc.aio.insecure_channel(keyed.grpc_target) as channel:
+        for pair in ([good, bad], [bad, good], [good, good]):
+            metadata = tuple(("authorization", value) for value in pair)
+            assert await _call_raw(channel, infer, b"", metadata) == grpc.StatusCode.UNAUTHENTICATED, pair
+        assert await _call_raw(channel, infer, b"", (("authorization", good),)) == grpc.StatusCode.OK
+
+
 async def test_a_refused_call_is_never_decoded(keyed: Keyed) -> None:
     """Garbage bytes without a key: UNAUTHENTICATED, not the decoder's INVALID_ARGUMENT
     (the message is refused before grpcio parses it)."""

@@ -220,12 +220,16 @@ async def test_metadata_errors(channel: grpc.aio.Channel) -> None:
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_sigterm_stops_http_and_grpc(server_factory: Callable[..., ServerProcess]) -> None:
+# SIGHUP drains as SIGTERM does (its default action ended the process at once).
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_stops_http_and_grpc(
+    server_factory: Callable[..., ServerProcess], sig: signal.Signals
+) -> None:
     proc = server_factory()
     with grpc.insecure_channel(proc.grpc_target) as ch:
         reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    assert proc.stop(signal.SIGTERM) == 0
+    assert proc.stop(sig) == 0
     log = proc.log()
     assert "gRPC stopped" in log or "stopped" in log
     with grpc.insecure_channel(proc.grpc_target) as ch, pytest.raises(grpc.RpcError):

@@ -54,6 +54,13 @@ def _metadata_value(metadata: Sequence[tuple[str, Any]] | None, key: str) -> Any
     return None
 
 
+def _authorization(metadata: Sequence[tuple[str, Any]] | None) -> Any:
+    """The one authorization value; two or more are no key at all (as over HTTP,
+    rest/gate.py), not whichever comes first."""
+    values = [v for k, v in metadata or () if k == "authorization"]
+    return values[0] if len(values) == 1 else None
+
+
 def _code_name(code: Any) -> str | None:
     """A status code as its name; grpcio gives a ``grpc.StatusCode`` or its int."""
     if code is None:
@@ -89,7 +96,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is unt
         if (
             self.keys is not None
             and protected_grpc(method, self.probes_protected)
-            and not self.keys.check_bearer(_metadata_value(details.invocation_metadata, "authorization"))
+            and not self.keys.check_bearer(_authorization(details.invocation_metadata))
         ):
             return self._cached(self._refusals, handler, method, self._refusal)
         return self._cached(self._observed, handler, method, self._observe)

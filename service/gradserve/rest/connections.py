@@ -14,6 +14,11 @@ without sending a complete request or reading its answer:
 - **Headers** (``http_header_timeout_s``): from a request's first byte to the end of its
   headers. uvicorn has no such deadline (``timeout_keep_alive`` only runs between
   requests), so a client sending a byte a second held a connection forever.
+- **Header size** (``http_max_header_bytes``): a request head that grows past it gets
+  431 and the connection closes, checked as the bytes arrive. httptools joins a
+  header's pieces by bytes concatenation, so one long header line cost time quadratic
+  in its length (99 MiB: 7.7 s of CPU, the event loop stalled) before any check of
+  ours could run.
 - **Body** (``http_body_timeout_s``): from the end of the headers to the end of the
   body, for every route. A request past either deadline answers 408 (when no answer
   has started) and the connection closes; the handler waiting for the body sees the
@@ -56,6 +61,7 @@ TIMEOUT_408 = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
 )
+_HEADERS_BODY = b'{"error":{"code":"headers_too_large","message":"request headers over %d bytes"}}'
 _OVER_CAP_BODY = b'{"error":{"code":"unavailable","message":"too many open connections; retry after the Retry-After delay"}}'
 
 
@@ -85,6 +91,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     subclass carrying the settings (uvicorn instantiates the class itself)."""
 
     max_connections = 2048
+    max_header_bytes = 65_536
     header_timeout_s = 10.0
     body_timeout_s = 60.0
     write_timeout_s = 60.0
@@ -98,6 +105,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._write_deadline: asyncio.TimerHandle | None = None
         self._over_cap = False
         self._running: RequestResponseCycle | None = None  # the request being answered
+        self._head_bytes = 0  # bytes read while the current request's head is unfinished
 
     # -- connection cap --------------------------------------------------------------
 
@@ -141,10 +149,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._deadline = None
 
     def data_received(self, data: bytes) -> None:
+        before = self._phase
         super().data_received(data)
+        if self._phase == _HEADERS:
+            # The head is still unfinished after this read: all of it counts (a read that
+            # began a request may also hold the end of the one before: counted too, a
+            # bounded overcount). Checked per read, so httptools is fed at most one read
+            # (<= 256 KiB) past the limit.
+            self._head_bytes = (self._head_bytes if before == _HEADERS else 0) + len(data)
+            if self._head_bytes > self.max_header_bytes:
+                self._refuse_head()
+                return
         # Only a read that leaves a request unfinished needs a deadline.
         if self._phase != _IDLE and self._deadline is None and not self.transport.is_closing():
             self._deadline = self.loop.call_at(self._phase_deadline(), self._check_deadline)
+
+    def _refuse_head(self) -> None:
+        self._phase = _IDLE
+        if self._running is None or self._running.response_complete:
+            body = _HEADERS_BODY % self.max_header_bytes
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            )
+        # else an answer to an earlier (pipelined) request is being written: just close.
+        self._warn("HTTP request head over %d bytes; answering 431", self.max_header_bytes)
+        self.transport.close()
 
     def _phase_deadline(self) -> float:
         limit = self.header_timeout_s if self._phase == _HEADERS else self.body_timeout_s
@@ -228,6 +258,7 @@ def guarded_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
         (GuardedHttpToolsProtocol,),
         {
             "max_connections": settings.http_max_connections,
+            "max_header_bytes": settings.http_max_header_bytes,
             "header_timeout_s": settings.http_header_timeout_s,
             "body_timeout_s": settings.http_body_timeout_s,
             "write_timeout_s": settings.http_write_timeout_s,

@@ -75,7 +75,9 @@ class HttpGate:
         authorization = given_id = None
         for name, value in scope["headers"]:
             if name == b"authorization":
-                authorization = value
+                # Two Authorization lines (RFC 9110 allows one) are no key at all, not
+                # whichever came last: gRPC refuses the same (grpc/calls.py).
+                authorization = value if authorization is None else b""
             elif name == _REQUEST_ID_HEADER:
                 given_id = value
         ctx = RequestContext(request_id(given_id), "http", started)
