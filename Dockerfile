@@ -3,7 +3,7 @@
 # stage installs it with the pinned constraints, and the final stage runs it as a
 # non-root user.
 #
-#   docker build -t gradserve .                                  CPU: python slim + CPU torch
+#   docker build -t gradserve:cpu .                              CPU: python slim + CPU torch
 #   docker build --build-arg VARIANT=cuda -t gradserve:cuda .    CUDA: nvidia/cuda runtime + CUDA torch
 #
 # No Docker engine runs in CI, so tests/e2e/test_image_steps.py replays these steps: the

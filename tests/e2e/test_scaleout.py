@@ -365,3 +365,39 @@ async def test_replicas_drained_and_crashed_under_load_cost_no_call(tmp_path: Pa
         nginx.stop()
         for replica in replicas:
             replica.stop(signal.SIGKILL)
+
+
+@pytest.mark.timeout(120)
+async def test_a_long_stream_and_an_oversize_body_through_nginx(tmp_path: Path) -> None:
+    # nginx counts client_max_body_size against a whole HTTP/2 stream: at 64m it ended a
+    # ModelStreamInfer stream once 64 MiB had gone up in all (RST_STREAM, "too large
+    # chunked body"), however small each message. And a body nginx refuses itself gets
+    # a JSON 413, as gradserve's own would be, not nginx's HTML page.
+    binary = nginx_binary()
+    if binary is None:
+        skip_or_fail_in_ci("nginx is not installed (make test runs scripts/install_nginx.sh)")
+    nginx = Nginx(binary, tmp_path / "nginx")
+    nginx.prefix.mkdir()
+    replica = start_replica(tmp_path)
+    try:
+        nginx.start([replica])
+        x = np.linspace(-1.0, 1.0, 1 << 20, dtype=np.float32)  # 4 MiB a message
+        async with AsyncGrpcClient(f"127.0.0.1:{nginx.grpc_port}", timeout_s=60) as rpc, rpc.stream() as s:
+            for _ in range(20):  # 80 MiB up one stream, one message at a time
+                out = await s.activation("relu", x)
+                assert np.array_equal(out["y"], np.maximum(x, 0))
+        # nginx decides from Content-Length, before any body: send the head alone.
+        with socket.create_connection(("127.0.0.1", nginx.http_port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v2/models/relu/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (65 << 20)
+            )
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413"), head
+        assert b"application/json" in head and b"limit" in body, answer
+    finally:
+        nginx.stop()
+        replica.stop(signal.SIGKILL)

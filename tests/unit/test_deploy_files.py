@@ -244,6 +244,26 @@ def test_k8s_overlay_renders_a_valid_drain_aware_deployment(
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
 
 
+def test_the_two_overlays_select_only_their_own_pods() -> None:
+    # Both in one namespace (the GPU overlay's name suffix allows it): a CPU selector
+    # that matched GPU pods put each under two PodDisruptionBudgets, and kubectl drain
+    # refuses to evict a pod covered by more than one.
+    texts = {v: kustomize(DEPLOY / "k8s" / "overlays" / v) for v in ("cpu", "gpu")}
+    if any(t is None for t in texts.values()):
+        pytest.skip("neither kustomize nor kubectl is installed: overlays not rendered")
+    kinds = {v: by_kind(load_all(t)) for v, t in texts.items() if t is not None}
+    for mine, other in (("cpu", "gpu"), ("gpu", "cpu")):
+        labels = kinds[other]["Deployment"]["spec"]["template"]["metadata"]["labels"]
+        for kind, path in (
+            ("Service", ("spec", "selector")),
+            ("PodDisruptionBudget", ("spec", "selector", "matchLabels")),
+        ):
+            selector = kinds[mine][kind]
+            for key in path:
+                selector = selector[key]
+            assert not selector.items() <= labels.items(), (mine, kind, "selects", other)
+
+
 # Field names of the KServe CRDs used (serving.kserve.io v0.15 API reference); no
 # schema of KServe ships offline, so these are checked by name.
 SERVING_RUNTIME_SPEC = {
