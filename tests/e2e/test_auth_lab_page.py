@@ -2,8 +2,8 @@
 chromium driven by Playwright, as tests/e2e/test_lab_page.py).
 
 The page itself loads without a key (its files are open); its first API call answers
-401, so it shows the API's words and asks for the key; a wrong key is refused the same
-way; with the right one the experiment runs, the figures (fetched as blobs, since an
+401, so it shows the API's words and asks for the key; a wrong key is refused, and the
+page says so; with the right one the experiment runs, the figures (fetched as blobs, since an
 <img src> request cannot carry the header) and the table fill, and every API call
 carried the key. The key stays for the tab (sessionStorage): a reload runs at once, a
 new tab asks again.
@@ -72,7 +72,7 @@ def test_the_lab_page_asks_for_the_key_and_sends_it(
             assert page.text_content("#error").startswith("401: a valid API key is required")
             page.screenshot(path=str(tmp_path / "lab-key-asked.png"), full_page=True)
 
-            # A wrong key: refused the same way.
+            # A wrong key: refused, and said so (not the missing-key words), and not kept.
             page.fill("#api-key", "not-the-key-0123456789")
             page.click("#use-key")
             # The status leaves "error" when the attempt starts, so this waits for the
@@ -82,7 +82,8 @@ def test_the_lab_page_asks_for_the_key_and_sends_it(
                 " && !document.getElementById('error').hidden",
                 timeout=TIMEOUT_MS,
             )
-            assert page.text_content("#error").startswith("401:")
+            assert page.text_content("#error").startswith("401: the server refused this API key")
+            assert page.evaluate("sessionStorage.getItem('gradserve.apiKey')") is None
 
             # The key: the experiment runs, figures and table fill.
             page.fill("#api-key", KEY)

@@ -109,6 +109,31 @@ def test_lab_page(server: ServerProcess, tmp_path: Path) -> None:
             assert page.text_content("#error") == f"422: {message}"
             assert page.text_content("#status") == "error"
             page.screenshot(path=str(tmp_path / "lab-error.png"), full_page=True)
+
+            # An emptied field is the page's own error, naming it; nothing is sent (the
+            # API would have run its default depth under the person's eyes).
+            page.fill("#width", "500")
+            page.fill("#depth", "")
+            sent = len(requests)
+            page.click("#run")
+            page.wait_for_function("document.getElementById('error').textContent.includes('depth')")
+            assert page.text_content("#error") == "depth: enter a number"
+            assert page.text_content("#status") == "error"
+            assert not any("activation_stats" in u for u in requests[sent:]), requests[sent:]
+
+            # Chosen by hand, an init's mode starts at the API's default.
+            page.fill("#depth", "10")
+            page.select_option("#init", "xavier_normal")
+            assert page.input_value("#mode") == "fan_avg"
+
+            # At a phone's width nothing is pushed off the screen (the table scrolls).
+            phone = browser.new_page(viewport={"width": 375, "height": 800})
+            phone.goto(f"{server.url}/lab", wait_until="load")
+            _wait_for_run(
+                phone,
+                _query({"activation": "tanh", "init": "normal", "depth": 10, "width": 500, "std": 0.01}),
+            )
+            assert phone.evaluate("document.documentElement.scrollWidth") <= 375
         finally:
             browser.close()
 

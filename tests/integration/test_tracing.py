@@ -87,6 +87,23 @@ def follow(spans: Sequence[ReadableSpan], request_id: str) -> tuple[ReadableSpan
     return transport, queue, batch, kernel
 
 
+async def server_spans_of(exporter: InMemorySpanExporter, request_ids: set[str]) -> None:
+    """Until a server span of each request has ended. A client has its answer once the
+    server has sent it; a gRPC server span ends a step later, in the interceptor's own
+    exit, so reading the exporter at once raced it (a test failed so, once)."""
+    deadline = time.monotonic() + 10
+    while True:
+        ended = {
+            s.attributes.get("gradserve.request_id")
+            for s in exporter.get_finished_spans()
+            if s.kind == SpanKind.SERVER
+        }
+        if request_ids <= ended:
+            return
+        assert time.monotonic() < deadline, f"no server span for {sorted(request_ids - ended)}"
+        await asyncio.sleep(0.01)
+
+
 async def test_a_batched_requests_spans_from_the_transport_to_the_kernel(
     traced: tuple[httpx.AsyncClient, grpc.aio.Channel, InMemorySpanExporter], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -111,6 +128,7 @@ async def test_a_batched_requests_spans_from_the_transport_to_the_kernel(
 
     ids = await asyncio.gather(*[over_http(n) for n in range(24)], *[over_grpc(n) for n in range(8)])
     assert sorted(ids) == sorted([f"h{n}" for n in range(24)] + [f"g{n}" for n in range(8)])
+    await server_spans_of(exporter, set(ids))
     spans = exporter.get_finished_spans()
     batches = [
         s for s in spans if s.name == "gradserve.batch" and s.attributes["gradserve.batch.requests"] >= 2
@@ -155,6 +173,7 @@ async def test_a_callers_trace_is_continued(
     await stub.ServerLive(
         pb.ServerLiveRequest(), metadata=(("traceparent", traceparent), ("x-request-id", "tp-g"))
     )
+    await server_spans_of(exporter, {"tp-h", "tp-g"})
     for request_id in ("tp-h", "tp-g"):
         (span,) = [
             s
@@ -174,6 +193,7 @@ async def test_failures_mark_their_spans(
         await pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
             pb.ModelInferRequest(model_name="nope"), metadata=(("x-request-id", "bad-2"),)
         )
+    await server_spans_of(exporter, {"bad-1", "bad-2"})
     spans = {
         s.attributes.get("gradserve.request_id"): s
         for s in exporter.get_finished_spans()

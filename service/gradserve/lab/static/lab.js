@@ -24,6 +24,9 @@ const COLUMNS = ["mean", "std", "saturated", "dead", "grad_std"];
 const $ = (id) => document.getElementById(id);
 // init op name -> the names of its params (from the catalog), to show std or mode.
 const initParams = new Map();
+// init op name -> {param: default} (from the catalog): an init chosen by hand starts
+// at the API's defaults, as a request that leaves them out would.
+const initDefaults = new Map();
 let runs = 0;
 let plotUrl = null;
 let shownActivation = null;
@@ -47,6 +50,16 @@ function api(path, options = {}) {
   return fetch(path, { ...options, headers });
 }
 
+function forgetKey() {
+  apiKey = "";
+  try {
+    sessionStorage.removeItem(KEY_STORAGE);
+  } catch (_) {
+    // nothing kept
+  }
+  $("forget-key").hidden = true;
+}
+
 // Show the key form (after a 401, or with a key kept from earlier in this tab).
 function showKeyForm(asked) {
   $("auth").hidden = false;
@@ -56,10 +69,14 @@ function showKeyForm(asked) {
 
 // An image fetched with the key, shown through an object URL (revoking the old one).
 async function showImage(img, path) {
+  img.dataset.want = path;
   const response = await api(path);
   if (!response.ok) throw new Error(await apiError(response));
+  const blob = await response.blob();
+  // A slower, older fetch for the same image must not replace a newer one.
+  if (img.dataset.want !== path) return;
   const previous = img.src.startsWith("blob:") ? img.src : null;
-  img.src = URL.createObjectURL(await response.blob());
+  img.src = URL.createObjectURL(blob);
   if (previous) URL.revokeObjectURL(previous);
 }
 
@@ -76,6 +93,12 @@ function showError(messages) {
 
 // An API error body -> its message ({"error": {"code", "message"}} under /v1).
 async function apiError(response) {
+  if (response.status === 401 && apiKey) {
+    // The key was sent and refused: say so, and do not keep it for the next visit.
+    forgetKey();
+    showKeyForm(true);
+    return "401: the server refused this API key; check it and enter it again";
+  }
   if (response.status === 401) showKeyForm(true);
   let message = `${response.status} ${response.statusText}`;
   try {
@@ -110,27 +133,35 @@ function syncInitParams() {
 }
 
 // A control's value as the API expects it: numbers as numbers; anything else as typed,
-// so that the API (not this page) says what is wrong with it.
-function value(input) {
+// so that the API (not this page) says what is wrong with it. An empty number field,
+// or one the browser could not read ("1e": its value is then ""), is an error here:
+// leaving the param out would run the API's default under the user's eyes.
+function value(input, name, problems) {
   const text = input.value.trim();
-  if (text === "") return undefined;
-  if (input.type !== "number") return text;
+  if (input.type !== "number") return text === "" ? undefined : text;
+  if (text === "" || (input.validity && input.validity.badInput)) {
+    problems.push(`${name}: enter a number`);
+    return undefined;
+  }
   const number = Number(text);
   return Number.isFinite(number) ? number : text;
 }
 
+// The params of the form, and the fields that hold no number.
 function readParams() {
   const params = {};
+  const problems = [];
   for (const name of ["activation", "init", "depth", "width"]) {
-    const v = value($(name));
+    const v = value($(name), name, problems);
     if (v !== undefined) params[name] = v;
   }
   for (const label of document.querySelectorAll("[data-init-param]")) {
     if (label.hidden) continue;
-    const v = value(label.querySelector("input, select"));
-    if (v !== undefined) params[label.dataset.initParam] = v;
+    const name = label.dataset.initParam;
+    const v = value(label.querySelector("input, select"), name, problems);
+    if (v !== undefined) params[name] = v;
   }
-  return params;
+  return { params, problems };
 }
 
 async function fetchPlot(query) {
@@ -187,16 +218,21 @@ function showPlot(blob, query) {
 
 async function run() {
   const seq = ++runs;
-  const params = readParams();
-  const query = new URLSearchParams(Object.entries(params).map(([k, v]) => [k, String(v)])).toString();
-  $("run").disabled = true;
+  const { params, problems } = readParams();
   $("plot").dataset.stale = "true";
   $("stats").dataset.stale = "true";
+  if (problems.length) {
+    showError(problems);
+    setStatus("error");
+    return;
+  }
+  const query = new URLSearchParams(Object.entries(params).map(([k, v]) => [k, String(v)])).toString();
+  // Run stays enabled: a run started while one is in flight wins (the seq check
+  // below drops the older answers), so Enter in a changed field is never lost.
   setStatus("running…");
   const started = performance.now();
   const [plot, stats] = await Promise.allSettled([fetchPlot(query), fetchStats(params)]);
   if (seq !== runs) return; // a newer run has started; its answers win
-  $("run").disabled = false;
   const errors = [plot, stats].filter((r) => r.status === "rejected").map((r) => r.reason.message);
   showError(errors);
   if (plot.status === "fulfilled") showPlot(plot.value, query);
@@ -226,7 +262,14 @@ function applyPreset(name) {
 
 // Once, at load: the controls' listeners.
 function wire() {
-  $("init").addEventListener("change", syncInitParams);
+  $("init").addEventListener("change", () => {
+    syncInitParams();
+    const defaults = initDefaults.get($("init").value) || {};
+    for (const [name, value] of Object.entries(defaults)) {
+      const control = document.querySelector(`[data-init-param="${name}"] input, [data-init-param="${name}"] select`);
+      if (control) control.value = String(value);
+    }
+  });
   $("experiment").addEventListener("submit", (event) => {
     event.preventDefault();
     for (const button of document.querySelectorAll("[data-preset]")) button.setAttribute("aria-pressed", "false");
@@ -252,15 +295,7 @@ function wire() {
     showError([]);
     (catalogLoaded ? run() : start()).catch((error) => showError([String(error)]));
   });
-  $("forget-key").addEventListener("click", () => {
-    apiKey = "";
-    try {
-      sessionStorage.removeItem(KEY_STORAGE);
-    } catch (_) {
-      // nothing kept
-    }
-    $("forget-key").hidden = true;
-  });
+  $("forget-key").addEventListener("click", forgetKey);
   if (apiKey) showKeyForm(false);
 }
 
@@ -284,6 +319,7 @@ async function start() {
   fillSelect($("init"), param("init").choices, param("init").default);
   for (const op of ops.filter((o) => o.family === "init")) {
     initParams.set(op.name, new Set(op.params.map((p) => p.name)));
+    initDefaults.set(op.name, Object.fromEntries(op.params.map((p) => [p.name, p.default])));
   }
   showImage($("margin-plot"), "/v1/lab/plots/margin?img_width=640&img_height=400").catch((error) =>
     showError([error.message]),
