@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gradserve.errors import InvalidInput
-from gradserve.ops import init
+from gradserve.ops import init, init_checks
 from gradserve.ops.registry import Batch
 
 SPECS = {s.name: s for s in init.SPECS}
@@ -367,7 +367,7 @@ def test_dtypes_and_std_output(op: str, dtype: str) -> None:
         if op in UNIFORM_OPS:
             bound = math.sqrt(3) * init.target_std(op, params_for(op, shape=shape))
             low, high = (-1.0, 1.0) if op == "uniform" else (-bound, bound)
-            f32 = f32.clamp(*init._range_in_dtype(low, high, DTYPES[dtype]))
+            f32 = f32.clamp(*init.range_in_dtype(low, high, DTYPES[dtype]))
         assert torch.equal(w, f32)
 
 
@@ -505,7 +505,7 @@ def test_checker_rejects_bad_shapes(op: str) -> None:
     rejects(op, "shape", shape=[2**40, 2**40])
 
 
-@pytest.mark.parametrize("op", sorted(init._FAN_OPS))
+@pytest.mark.parametrize("op", sorted(init_checks._FAN_OPS))
 def test_checker_rejects_fanless_shapes(op: str) -> None:
     assert "2 dims" in rejects(op, "shape", shape=[5])
     assert "2 dims" in rejects(op, "shape", shape=[])
