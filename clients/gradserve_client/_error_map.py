@@ -135,3 +135,14 @@ _GRPC_CODE: dict[str, type[GradserveError]] = {
     "UNAVAILABLE": UnavailableError,
     "DEADLINE_EXCEEDED": TimedOutError,
 }
+
+
+#: What a call on (or cut short by) a closed client raises, on every client.
+CLOSED_MESSAGE = "the client is closed"
+
+
+def closed_error(attempts: int = 1, grpc_code: str | None = None) -> ServerError:
+    """The error of a call on (or cut short by) a closed client: final, never retried."""
+    error = ServerError(CLOSED_MESSAGE, grpc_code=grpc_code)
+    error.attempts = attempts
+    return error

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from gradserve_client import _core, _grpc_wire, _tls
+from gradserve_client import _core, _error_map, _grpc_wire, _tls
 from gradserve_client._core import Deadline, InferRequest, ModelMetadata, ParamValue, RetryPolicy
 from gradserve_client._tls import PemPath
 from gradserve_client.errors import GradserveError, InvalidInputError, ServerError
@@ -25,8 +25,6 @@ log = logging.getLogger("gradserve_client")
 
 DEFAULT_TARGET = "localhost:8001"
 DEFAULT_TIMEOUT_S = 30.0
-#: What a call on a closed client raises (``ServerError``, CANCELLED), as its stream does.
-CLOSED_MESSAGE = "the client is closed"
 #: The channel's reconnect backoff (grpcio's defaults: 1 s, growing 1.6x per failed
 #: connect up to 120 s). After an outage of a few seconds grpcio would wait out that
 #: backoff before it connects again, failing every call meanwhile with UNAVAILABLE and
@@ -42,10 +40,8 @@ RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
 
 
 def closed_error(attempts: int = 1) -> ServerError:
-    """The error of a call on (or cut short by) a closed client: final, never retried."""
-    error = ServerError(CLOSED_MESSAGE, grpc_code="CANCELLED")
-    error.attempts = attempts
-    return error
+    """A gRPC call on (or cut short by) a closed client: ServerError, CANCELLED."""
+    return _error_map.closed_error(attempts, grpc_code="CANCELLED")
 
 
 def check_metadata(metadata: Sequence[tuple[str, str]]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from gradserve_client import _core, _tls
 from gradserve_client._core import Deadline, HttpRequest, InferRequest, ModelMetadata, ParamValue, RetryPolicy
+from gradserve_client._error_map import closed_error
 from gradserve_client._http11 import Answer, Origin, check_header
 from gradserve_client._tls import PemPath
 from gradserve_client.errors import GradserveError, ServerError
@@ -35,8 +36,6 @@ DEFAULT_KEEPALIVE_EXPIRY_S = 4.0
 #: idle connection is kept (until its expiry): closing some after each burst, as
 #: httpx's 20 keep-alive connections did, made calls 21 and up reconnect every time.
 DEFAULT_MAX_CONNECTIONS = 100
-#: What a call on a closed client raises (``ServerError``, final), as the gRPC clients do.
-CLOSED_MESSAGE = "the client is closed"
 
 
 class _HttpCommon:
@@ -77,9 +76,7 @@ class _HttpCommon:
 
     def _check_open(self, attempt: int) -> None:
         if self._closed:
-            error = ServerError(CLOSED_MESSAGE)
-            error.attempts = attempt
-            raise error
+            raise closed_error(attempt)
 
     def _origin(
         self,

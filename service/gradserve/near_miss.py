@@ -9,9 +9,13 @@ not compared (difflib's cost grows with the product of the lengths).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import itertools
+from collections.abc import Collection, Iterable
 
 MAX_CHARS = 40
+# Unknown names compared per request, at most (a V2 parameters object can hold many
+# keys, and each comparison costs microseconds).
+MAX_NAMES = 32
 # difflib's ratio for a near miss: "reducton" -> "reduction" is 0.94, "input" -> "inputs"
 # 0.91, "crossentropy" -> "cross_entropy" 0.96; unrelated words stay well below.
 CUTOFF = 0.8
@@ -27,3 +31,15 @@ def closest(name: object, known: Iterable[str]) -> str | None:
     return lowered.get(name.lower()) or next(
         iter(difflib.get_close_matches(name, names, n=1, cutoff=CUTOFF)), None
     )
+
+
+def first_near_miss(given: Iterable[object], known: Collection[str]) -> tuple[str, str] | None:
+    """The first of ``given`` that is not a known name but a near miss of one, with the
+    name it misses; None when there is none. At most MAX_NAMES unknown names are
+    compared (the callers ignore other unknown names)."""
+    unknown = (g for g in given if isinstance(g, str) and g not in known)
+    for name in itertools.islice(unknown, MAX_NAMES):
+        meant = closest(name, known)
+        if meant is not None:
+            return name, meant
+    return None

@@ -7,7 +7,6 @@ are its ``OpSpec.check``. After both pass, a kernel must not fail on the input.
 
 from __future__ import annotations
 
-import itertools
 import math
 import reprlib
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ import torch
 
 from gradserve.codecs.numbers import DECIMAL, INTEGER, check_shape_size, int64_range
 from gradserve.errors import InvalidInput, RequestTooLarge
-from gradserve.near_miss import closest
+from gradserve.near_miss import first_near_miss
 from gradserve.ops.registry import OpSpec, ParamSpec, TensorSpec
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -159,27 +158,18 @@ class Limits:
     max_dims: int
 
 
-# Unknown params looked at for a near miss, at most (a V2 parameters object can hold
-# many keys; each comparison costs microseconds; near_miss bounds each name's length).
-_NEAR_MISS_KEYS = 32
-
-
 def _refuse_near_misses(spec: OpSpec, raw: Mapping[str, Any]) -> None:
     """422 for an unknown param that is a near miss of one of the op's own ("reducton",
     "Reduction"): V2 and gRPC ignore unknown params, as clients add their own, but a
     typo must not fall back to the default without a word."""
-    names = list(spec.param_index)
-    if not names:
-        return
-    unknown = (k for k in raw if isinstance(k, str) and k not in spec.param_index)
-    for key in itertools.islice(unknown, _NEAR_MISS_KEYS):
-        meant = closest(key, names)
-        if meant is not None:
-            raise InvalidInput(
-                f"op {spec.name!r}: unknown param {_show(key)}; did you mean {meant!r}? (its params "
-                f"are {', '.join(map(repr, names))}; other unknown params are ignored)",
-                code="unknown_field",
-            )
+    miss = first_near_miss(raw, spec.param_index)
+    if miss is not None:
+        key, meant = miss
+        raise InvalidInput(
+            f"op {spec.name!r}: unknown param {_show(key)}; did you mean {meant!r}? (its params "
+            f"are {', '.join(map(repr, spec.param_index))}; other unknown params are ignored)",
+            code="unknown_field",
+        )
 
 
 def validate_params(

@@ -21,6 +21,12 @@ from gradserve_client import AsyncClient, AsyncGrpcClient, Client, GrpcClient, O
 _rng = np.random.default_rng(0)
 
 
+# The four clients, by the names the tests parametrize over.
+KINDS = ["http", "async_http", "grpc", "async_grpc"]
+ALL_KINDS = pytest.mark.parametrize("kind", KINDS)
+GRPC_KINDS = ("grpc", "async_grpc")
+
+
 def _f32(*shape: int) -> np.ndarray:
     return _rng.standard_normal(shape).astype(np.float32)
 

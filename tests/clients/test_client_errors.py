@@ -35,10 +35,9 @@ from gradserve_client import (
     TooLargeError,
     UnavailableError,
 )
+from tests.clients.conftest import ALL_KINDS
 from tests.conftest import ServerProcess, free_port, start_server
 
-KINDS = ["http", "async_http", "grpc", "async_grpc"]
-ALL_KINDS = pytest.mark.parametrize("kind", KINDS)
 # About a second of compute on one core: long enough to keep the queue full meanwhile.
 SLOW_SHAPE = (2000, 2000)
 NO_RETRY = RetryPolicy(max_retries=0)

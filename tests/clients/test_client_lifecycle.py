@@ -34,11 +34,8 @@ from gradserve_client import (
     ServerError,
 )
 from gradserve_client.generated import inference_pb2 as pb
+from tests.clients.conftest import ALL_KINDS, GRPC_KINDS, KINDS
 from tests.conftest import ServerProcess, free_port
-
-KINDS = ["http", "async_http", "grpc", "async_grpc"]
-ALL_KINDS = pytest.mark.parametrize("kind", KINDS)
-GRPC_KINDS = ("grpc", "async_grpc")
 
 
 def make(kind: str, where: str, **options: Any) -> Any:

@@ -34,7 +34,7 @@ from gradserve.codecs.v2_tensors import (
     v2_dtype,
 )
 from gradserve.errors import InvalidInput, MalformedRequest
-from gradserve.near_miss import closest
+from gradserve.near_miss import first_near_miss
 from gradserve.shm import SharedMemory, ref_from_params
 
 
@@ -80,19 +80,17 @@ def _parse_parameters(value: object, where: str) -> dict[str, Any]:
 # proxies add their own), except a near miss of one of these: {"input": [...]} would
 # otherwise read as a request with no inputs.
 _REQUEST_FIELDS = ("id", "parameters", "inputs", "outputs")
-_NEAR_MISS_FIELDS = 32  # unknown fields compared, at most
 
 
 def _refuse_near_miss_fields(doc: Mapping[str, Any]) -> None:
-    unknown = (k for k in doc if k not in _REQUEST_FIELDS)
-    for _, key in zip(range(_NEAR_MISS_FIELDS), unknown, strict=False):
-        meant = closest(key, _REQUEST_FIELDS)
-        if meant is not None:
-            raise MalformedRequest(
-                f"unknown field {key!r}; did you mean {meant!r}? (an inference request has "
-                f"{', '.join(map(repr, _REQUEST_FIELDS))})",
-                code="unknown_field",
-            )
+    miss = first_near_miss(doc, _REQUEST_FIELDS)
+    if miss is not None:
+        key, meant = miss
+        raise MalformedRequest(
+            f"unknown field {key!r}; did you mean {meant!r}? (an inference request has "
+            f"{', '.join(map(repr, _REQUEST_FIELDS))})",
+            code="unknown_field",
+        )
 
 
 def parse_header_length(value: str | None, body_length: int) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import get_args
 
 import orjson
 from fastapi import FastAPI
@@ -20,6 +21,7 @@ from starlette.responses import Response
 
 from gradserve.errors import GradservError, Overloaded
 from gradserve.near_miss import closest
+from gradserve.ops.registry import Family
 from gradserve.tracing import current_request_id
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(request, exc.status_code, code, message)
 
 
-_FAMILIES = ("activations", "losses", "init", "lab")
+_FAMILIES: tuple[str, ...] = get_args(Family)  # the /v1/<family>/<op> routes
 
 
 def _route_hint(path: str) -> str:

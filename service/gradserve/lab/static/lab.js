@@ -22,10 +22,9 @@ const PRESETS = {
 const COLUMNS = ["mean", "std", "saturated", "dead", "grad_std"];
 
 const $ = (id) => document.getElementById(id);
-// init op name -> the names of its params (from the catalog), to show std or mode.
-const initParams = new Map();
-// init op name -> {param: default} (from the catalog): an init chosen by hand starts
-// at the API's defaults, as a request that leaves them out would.
+// init op name -> {param: default} (from the catalog): which params to show (std or
+// mode), and, for an init chosen by hand, the API's defaults to start from (as a
+// request that leaves them out would).
 const initDefaults = new Map();
 let runs = 0;
 let plotUrl = null;
@@ -126,7 +125,7 @@ function fillSelect(select, choices, chosen) {
 
 // Show only the init params (std, mode) that the chosen init takes.
 function syncInitParams() {
-  const takes = initParams.get($("init").value) || new Set();
+  const takes = new Set(Object.keys(initDefaults.get($("init").value) || {}));
   for (const label of document.querySelectorAll("[data-init-param]")) {
     label.hidden = !takes.has(label.dataset.initParam);
   }
@@ -318,7 +317,6 @@ async function start() {
   fillSelect($("activation"), param("activation").choices, param("activation").default);
   fillSelect($("init"), param("init").choices, param("init").default);
   for (const op of ops.filter((o) => o.family === "init")) {
-    initParams.set(op.name, new Set(op.params.map((p) => p.name)));
     initDefaults.set(op.name, Object.fromEntries(op.params.map((p) => [p.name, p.default])));
   }
   showImage($("margin-plot"), "/v1/lab/plots/margin?img_width=640&img_height=400").catch((error) =>
